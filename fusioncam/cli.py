@@ -47,7 +47,8 @@ def write_explanation(explanation: Explanation, out_dir: Path, colormap: str = "
     try:
         for name in MAP_NAMES:
             np.save(staging / f"{name}.npy", explanation.maps[name])
-            save_png(overlay(explanation.image, explanation.maps[name], colormap, opacity), str(staging / f"{name}.png"))
+            picture = overlay(explanation.image, explanation.maps[name], colormap, opacity)
+            save_png(picture, str(staging / f"{name}.png"))
         (staging / "report.json").write_text(json.dumps(explanation.report, indent=2))
         for path in staging.iterdir():
             os.replace(path, out_dir / path.name)

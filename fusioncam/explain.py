@@ -9,6 +9,7 @@ new θ (or gradient method) at most two batch-1 forwards (the denoised and combi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from .region import region_map, score_channels, top_k_channels
 
 MAP_NAMES = ("gradcam", "denoised", "scorecam", "combined", "fusion", "agreement")
 REGION_METHODS = ("scorecam", "scorecam-topk")
+DEFAULT_TOP_K = 128
 
 
 @dataclass
@@ -45,13 +47,13 @@ class Evidence:
     target: int
     layer: str
     baseline_kind: str
-    region_method: str
-    top_k: int | None
-    region_scores: torch.Tensor     # K (−inf for channels top-k left out)
-    baseline_probability: float     # p_b = p(x_b)_c
-    masked_passes: int
-    flat_channels: int
     timings: dict[str, float]
+    region_method: str = "scorecam"
+    top_k: int | None = None
+    region_scores: torch.Tensor | None = None  # K (−inf for channels top-k left out); set by stage 2
+    baseline_probability: float = float("nan")  # p_b = p(x_b)_c
+    masked_passes: int = 0
+    flat_channels: int = 0
     gradient_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     region: torch.Tensor | None = None
     probabilities: dict[tuple, float] = field(default_factory=dict)
@@ -66,6 +68,8 @@ class Evidence:
 
     def region_map(self) -> torch.Tensor:
         """``L_reg`` from the kept channel scores (cached)."""
+        if self.region_scores is None:
+            raise RuntimeError("Score-CAM has not run for this evidence yet: call score_regions first")
         if self.region is None:
             self.region = region_map(self.activations[None], self.region_scores[None], tuple(self.x.shape[-2:]))[0]
         return self.region
@@ -221,74 +225,96 @@ def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusi
     }
 
 
-def _targets(target: int | list[int] | None, count: int, logits: torch.Tensor, num_classes: int) -> list[int]:
-    """One class index per image (``None`` → each image's top-1), range-checked."""
-    if target is None:
-        return logits.argmax(1).tolist()
-    targets = [target] * count if isinstance(target, (int, np.integer)) else list(target)
+def _targets(target: int | list[int | None] | None, count: int, logits: torch.Tensor,
+             num_classes: int) -> list[int]:
+    """One class index per image (``None`` → that image's top-1), range-checked."""
+    targets = [target] * count if target is None or isinstance(target, (int, np.integer)) else list(target)
     if len(targets) != count:
         raise ValueError(f"{count} images need {count} targets, got {len(targets)}")
+    top1 = logits.argmax(1).tolist()
+    targets = [top1[i] if t is None else t for i, t in enumerate(targets)]
     for t in targets:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < num_classes:
             raise ModelError(f"class {t!r} is out of range: this model has classes 0–{num_classes - 1}")
     return [int(t) for t in targets]
 
 
-def gather_evidence(model: LoadedModel, images: list[Image.Image], target: int | list[int] | None = None,
-                    layer: str | None = None, baseline: str = "mean", region_method: str = "scorecam",
-                    top_k: int | None = None, chunk_size: int | None = None, crop: bool = False,
-                    share_flat: bool = True) -> list[Evidence]:
-    """The network part: one forward + backward for ``(A, G)`` and logits, then the Score-CAM passes."""
-    from .backend import auto_chunk_size
+def capture_evidence(model: LoadedModel, images: list[Image.Image], target: int | list[int | None] | None = None,
+                     layer: str | None = None, baseline: str = "mean", crop: bool = False) -> list[Evidence]:
+    """Stage 1, one forward + backward: logits, ``A`` and ``G`` at the layer, and the baseline.
 
+    The returned evidence already yields the gradient maps (:func:`gradient_preview`); call
+    :func:`score_regions` before :func:`derive`.
+    """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-    if region_method not in REGION_METHODS:
-        raise ValueError(f"unknown region method {region_method!r}; choose one of {', '.join(REGION_METHODS)}")
-    if region_method == "scorecam-topk" and (top_k is None or top_k < 1):
-        top_k = 128
     layer_name, layer_module = model.resolve_layer(layer)
     device = model.device
     x = torch.stack([normalize_image(resize_for_model(im, model.input_size, crop), model.mean, model.std)
                      for im in images]).to(device)
     xb = make_baseline(x, baseline, model.mean, model.std)
-
     with model.lock:
         started = time.perf_counter()
         with capture_layer(model.module, layer_module) as record:
             logits = model(x).float()
             targets = _targets(target, len(images), logits, model.num_classes)
-            target_tensor = torch.tensor(targets, device=device)
-            gradients = record.gradient(logits.gather(1, target_tensor[:, None]).sum())
-            acts = record.activation.detach()
-        gradient_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        selected = None
-        if region_method == "scorecam-topk":
-            weights = gradients.float().mean(dim=(-2, -1))
-            selected = top_k_channels(weights, top_k)
-        chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]))
-        region = score_channels(model, x, xb, acts, target_tensor, chunk, selected, share_flat)
-        base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, target_tensor[:, None]).squeeze(1)
-        region_s = time.perf_counter() - started
-
-    to_cpu = [t.detach().float().cpu() for t in (x, xb, acts, gradients, logits, region.scores)]
-    x_cpu, xb_cpu, acts_cpu, grads_cpu, logits_cpu, scores_cpu = to_cpu
-    base_list = base_probs.cpu().tolist()
-    flat_list = region.flat_channels.cpu().tolist()
-    masked_per_image = region.masked_passes.cpu().tolist()
-    return [Evidence(image=images[i], x=x_cpu[i], baseline=xb_cpu[i], activations=acts_cpu[i],
-                     gradients=grads_cpu[i], logits=logits_cpu[i], target=targets[i], layer=layer_name,
-                     baseline_kind=baseline, region_method=region_method,
-                     top_k=top_k if region_method == "scorecam-topk" else None,
-                     region_scores=scores_cpu[i], baseline_probability=base_list[i],
-                     masked_passes=masked_per_image[i], flat_channels=int(flat_list[i]),
-                     timings={"gradient_s": gradient_s / len(images), "scorecam_s": region_s / len(images)})
+            score = logits.gather(1, torch.tensor(targets, device=device)[:, None]).sum()
+            gradients = record.gradient(score)
+            activations = record.activation.detach()
+        seconds = (time.perf_counter() - started) / len(images)
+    x, xb, activations, gradients, logits = (t.detach().float().cpu() for t in (x, xb, activations, gradients, logits))
+    return [Evidence(image=images[i], x=x[i], baseline=xb[i], activations=activations[i], gradients=gradients[i],
+                     logits=logits[i], target=targets[i], layer=layer_name, baseline_kind=baseline,
+                     timings={"gradient_s": seconds})
             for i in range(len(images))]
 
 
-def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: int | list[int] | None = None,
+def score_regions(model: LoadedModel, evidences: list[Evidence], region_method: str = "scorecam",
+                  top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> None:
+    """Stage 2, the Score-CAM masked passes for every evidence at once (filled in place).
+
+    ``region_method="scorecam-topk"`` scores only the ``top_k`` channels with the largest
+    Grad-CAM weights (default 128); ``progress(done, total)`` is called after each chunk.
+    """
+    from .backend import auto_chunk_size
+
+    if region_method not in REGION_METHODS:
+        raise ValueError(f"unknown region method {region_method!r}; choose one of {', '.join(REGION_METHODS)}")
+    if region_method != "scorecam-topk":
+        top_k = None
+    elif top_k is None or top_k < 1:
+        top_k = DEFAULT_TOP_K
+    device = model.device
+    x = torch.stack([e.x for e in evidences]).to(device)
+    xb = torch.stack([e.baseline for e in evidences]).to(device)
+    activations = torch.stack([e.activations for e in evidences]).to(device)
+    targets = torch.tensor([e.target for e in evidences], device=device)
+    selected = None
+    if top_k is not None:
+        selected = top_k_channels(torch.stack([e.gradients for e in evidences]).mean(dim=(-2, -1)), top_k)
+    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]))
+    with model.lock:
+        started = time.perf_counter()
+        region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress)
+        base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, targets[:, None]).squeeze(1).cpu()
+        seconds = (time.perf_counter() - started) / len(evidences)
+    scores, masked, flat = region.scores.cpu(), region.masked_passes.tolist(), region.flat_channels.tolist()
+    for i, e in enumerate(evidences):
+        e.region_method, e.top_k = region_method, top_k
+        e.region_scores, e.baseline_probability = scores[i], float(base_probs[i])
+        e.masked_passes, e.flat_channels = int(masked[i]), int(flat[i])
+        e.region, e.probabilities = None, {}
+        e.timings["scorecam_s"] = seconds
+
+
+def gradient_preview(evidence: Evidence, theta: float = 10.0, method: str = "gradcam") -> dict[str, np.ndarray]:
+    """The maps available right after stage 1: ``gradcam`` and ``denoised`` (no network)."""
+    grad = evidence.gradient_map(method)
+    return {"gradcam": grad.numpy(), "denoised": fusion.denoise(grad, theta)[0].numpy()}
+
+
+def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: int | list[int | None] | None = None,
             layer: str | None = None, theta: float = 10, strength: float = 1.0, weights: str = "reference",
             baseline: str = "mean", gradient_method: str = "gradcam", region_method: str = "scorecam",
             top_k: int | None = None, chunk_size: int | None = None, crop: bool = False,
@@ -303,6 +329,7 @@ def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: 
     images = [load_image(source) for source in (image if batch else [image])]
     if not images:
         raise ValueError("no images to explain")
-    evidences = gather_evidence(model, images, target, layer, baseline, region_method, top_k, chunk_size, crop)
+    evidences = capture_evidence(model, images, target, layer, baseline, crop)
+    score_regions(model, evidences, region_method, top_k, chunk_size)
     explanations = derive(model, evidences, params, chunk_size or 16)
     return explanations if batch else explanations[0]

@@ -45,14 +45,16 @@ def top_k_channels(channel_weights: torch.Tensor, k: int) -> torch.Tensor:
 def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, baseline: torch.Tensor,
                    activations: torch.Tensor, targets: torch.Tensor, chunk_size: int,
                    selected: torch.Tensor | None = None, share_flat: bool = True,
-                   mask_align_corners: bool = False) -> RegionScores:
+                   mask_align_corners: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> RegionScores:
     """Score every selected channel ``k`` of every image ``n``: ``s_nk = f(m(x_n, M_nk))_{c_n}``.
 
     Masked inputs are built chunk by chunk (``chunk_size`` per forward) in one reused buffer,
     mixing images of the batch; scores stay on the device (no host sync inside the loop).
     ``selected`` (``N×K`` booleans, default all) restricts scoring (top-k mode); unselected
     channels get ``-inf`` so that ``softmax`` gives them ``α = 0``. With ``share_flat`` the flat
-    channels reuse the baseline score instead of a forward pass each.
+    channels reuse the baseline score instead of a forward pass each. ``progress(done, total)``
+    is called after each chunk.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk size must be ≥ 1, got {chunk_size}")
@@ -83,6 +85,8 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         batch.add_(baseline.index_select(0, image_idx))
         logits = module(batch)
         scores[image_idx, channel_idx] = logits.gather(1, targets[image_idx, None]).squeeze(1).float()
+        if progress is not None:
+            progress(start + count, len(jobs))
     masked = torch.bincount(jobs[:, 0], minlength=len(x)) if len(jobs) else torch.zeros(len(x), dtype=torch.long)
     return RegionScores(scores=scores, baseline_logits=baseline_logits, masked_passes=masked,
                         flat_channels=flat.sum(1))
