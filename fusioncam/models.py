@@ -7,6 +7,8 @@ a default target layer. Layers are always resolved by name with ``get_submodule`
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.module.eval()
         if self.default_layer is None:
-            self.default_layer = self.candidate_layers()[-1]
+            self.default_layer = self._last_layer_before_global_pooling()
         self.resolve_layer(self.default_layer)
 
     @property
@@ -88,6 +90,13 @@ class LoadedModel:
         except AttributeError:
             raise ModelError(f"model {self.name!r} has no layer named {name!r}; "
                              f"candidate layers: {', '.join(self.candidate_layers()[-8:])}") from None
+
+    def _last_layer_before_global_pooling(self) -> str:
+        """The last candidate layer that is not itself an adaptive pooling (VGG's ``avgpool``)."""
+        pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+        names = self.candidate_layers()
+        kept = [name for name in names if not isinstance(self.module.get_submodule(name), pooling)]
+        return (kept or names)[-1]
 
     def candidate_layers(self) -> list[str]:
         """Names of the modules whose output is a spatial 4-D map (h, w > 1), in forward order."""
@@ -148,12 +157,44 @@ def load_bundled() -> LoadedModel:
                        std=(0.5, 0.5, 0.5), default_layer="bn2")
 
 
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_download(spec: str, host: str) -> None:
+    """Fail fast, with a message naming the model, when its weights are not cached and the
+    host they come from cannot be reached (instead of minutes of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(host):
+        raise ModelError(f"the ImageNet weights of {spec} are not cached and {host} cannot be reached "
+                         "(offline?); the bundled 'efficientnet_lite0' works offline")
+
+
+def _timm_weights_cached(name: str) -> bool:
+    """Whether timm's Hugging Face weights for ``name`` are in the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(name)
+    if config is None or not config.hf_hub_id:
+        return False
+    repo, _, _revision = config.hf_hub_id.partition("@")
+    return any(isinstance(try_to_load_from_cache(repo, filename), str)
+               for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
 def load_timm(name: str, pretrained: bool = True) -> LoadedModel:
     """A timm model with its own preprocessing config (weights fetched on first use)."""
     import timm
 
     if name not in timm.list_models(pretrained=False) and name not in timm.list_models(pretrained=True):
         raise ModelError(f"timm has no model named {name!r}")
+    if pretrained and not _timm_weights_cached(name):
+        _require_download(f"timm:{name}", "huggingface.co")
     try:
         module = timm.create_model(name, pretrained=pretrained)
     except Exception as error:  # hub/network/cache errors come in many types
@@ -174,6 +215,9 @@ def load_torchvision(name: str, pretrained: bool = True) -> LoadedModel:
     if name not in tv_models.list_models(module=tv_models):
         raise ModelError(f"torchvision has no classification model named {name!r}")
     weights = tv_models.get_model_weights(name).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if pretrained and not os.path.isfile(cached):
+        _require_download(f"torchvision:{name}", "download.pytorch.org")
     try:
         module = tv_models.get_model(name, weights=weights if pretrained else None)
     except Exception as error:  # URL/hash/cache errors come in many types
