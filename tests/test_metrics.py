@@ -174,3 +174,22 @@ def test_bad_arguments(tiny_model: LoadedModel) -> None:
         score_maps(tiny_model, x, {"small": torch.zeros(8, 8)}, 0, x)
     with pytest.raises(ValueError, match="steps"):
         score_maps(tiny_model, x, {"ok": torch.zeros(32, 32)}, 0, x, n_steps=0)
+
+
+def test_the_app_view_scores_every_map_shown(tiny_model: LoadedModel, tiny_image: np.ndarray) -> None:
+    from fusioncam.ui.faithfulness import HEADERS, score_explanation
+
+    exp = explain(tiny_model, tiny_image, gradient_method="xgradcam")
+    seen: list[float] = []
+    view = score_explanation(exp, extra_methods=["layercam", "xgradcam"], n_steps=5,
+                             progress=lambda fraction, _text: seen.append(fraction))
+    names = [row[0] for row in view.rows]
+    assert names == ["XGrad-CAM", "denoised XGrad-CAM", "Score-CAM", "combined", "Fusion-CAM", "LayerCAM"]
+    assert all(len(row) == len(HEADERS) for row in view.rows)
+    assert len(view.deletion.data) == len(view.insertion.data) == 6
+    assert len(view.deletion.data[0].y) == 6 and seen[-1] == pytest.approx(1.0)
+    alone = score_maps(tiny_model, exp.evidence.x, {"fusion": exp.maps["fusion"]}, exp.evidence.target,
+                       exp.evidence.baseline, n_steps=5)["fusion"]
+    assert view.scores["fusion"].deletion_auc == pytest.approx(alone.deletion_auc, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown gradient method"):
+        score_explanation(exp, extra_methods=["nope"])
