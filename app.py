@@ -1,0 +1,144 @@
+"""The Fusion-CAM explorer: a Gradio page to upload, explain, compare and tune Fusion-CAM live.
+
+Layout and event wiring only; what each event does is in ``fusioncam/ui/handlers.py``.
+Run ``python app.py`` (offline, on the bundled EfficientNet-Lite0); Hugging Face Spaces runs it too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from fusioncam.baselines import BASELINES
+from fusioncam.explain import DEFAULT_TOP_K, MAP_NAMES, REGION_METHODS
+from fusioncam.fusion import WEIGHT_MODES
+from fusioncam.gradient import GRADIENT_METHODS
+from fusioncam.models import BUNDLED
+from fusioncam.render import COLORMAPS
+from fusioncam.ui import handlers, text
+from fusioncam.ui.catalog import DEFAULT_LAYER, MODEL_CHOICES, MODELS, TOP_CLASS
+from fusioncam.ui.inputs import ImageInput
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EXAMPLES = sorted(str(path) for path in ASSETS.glob("*.jpg"))
+MAP_CAPTIONS = {
+    "gradcam": "① Grad-CAM (gradients)",
+    "denoised": "② Denoised Grad-CAM",
+    "scorecam": "③ Score-CAM (masking)",
+    "combined": "④ Combined (② + ③)",
+    "fusion": "⑤ Fusion-CAM (final)",
+    "agreement": "⑥ Agreement of ④ and ③",
+}
+CSS = """
+#map-fusion { border: 2px solid var(--color-accent); }
+"""
+
+
+def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
+    """The "Explain" tab: inputs on the left, the six maps and their read-outs on the right."""
+    ui: dict[str, gr.components.Component] = {"session": session}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=300):
+            ui["image"] = ImageInput(label="Your image", type="filepath", sources=["upload", "clipboard", "webcam"],
+                                   elem_id="input-image", height=280)
+            gr.Examples(EXAMPLES, inputs=ui["image"], label="Examples (click one)")
+            ui["run"] = gr.Button("Explain", variant="primary", elem_id="run")
+            ui["model"] = gr.Dropdown(MODEL_CHOICES, value=BUNDLED, label="Model", allow_custom_value=True,
+                                      info="The bundled model works offline; the others download once. "
+                                           "Any timm:NAME or torchvision:NAME works too.", elem_id="model")
+            ui["target-class"] = gr.Dropdown([("Top prediction (automatic)", TOP_CLASS)], value=TOP_CLASS,
+                                             label="Explain which class", allow_custom_value=True,
+                                             info="The top-5 predictions first, then every class (type to search).",
+                                             elem_id="target-class")
+            ui["theta"] = gr.Slider(0, 50, value=10, step=1, label="Denoising θ (percentile)",
+                                    info="Removes the weakest θ % of the Grad-CAM map.", elem_id="theta")
+            ui["strength"] = gr.Slider(0, 5, value=1, step=0.1, label="Fusion strength λ",
+                                       info="0 keeps the larger of the two maps; higher averages where they "
+                                            "disagree.", elem_id="strength")
+            ui["weights"] = gr.Radio(list(WEIGHT_MODES), value="reference", label="Weight mode",
+                                     info="reference: the paper's code · raw: the first author's package.",
+                                     elem_id="weights")
+            with gr.Accordion("Advanced", open=False):
+                ui["layer"] = gr.Dropdown([(f"Model default ({MODELS.get(BUNDLED).default_layer})", DEFAULT_LAYER)],
+                                          value=DEFAULT_LAYER, label="Target layer", allow_custom_value=True,
+                                          elem_id="layer")
+                ui["baseline"] = gr.Radio(list(BASELINES), value="mean", label="Masking baseline",
+                                          info="What the hidden parts of the image are replaced with.",
+                                          elem_id="baseline")
+                ui["gradient-method"] = gr.Dropdown(list(GRADIENT_METHODS), value="gradcam", label="Gradient method",
+                                                    elem_id="gradient-method")
+                ui["region-method"] = gr.Radio(list(REGION_METHODS), value="scorecam", label="Region method",
+                                               info="scorecam is exact; scorecam-topk scores only the top-k "
+                                                    "channels (faster, approximate).", elem_id="region-method")
+                ui["top-k"] = gr.Slider(16, 512, value=DEFAULT_TOP_K, step=16, label="Top-k channels",
+                                        elem_id="top-k")
+                ui["colormap"] = gr.Dropdown(list(COLORMAPS), value="jet", label="Colour map", elem_id="colormap")
+                ui["opacity"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
+        with gr.Column(scale=8):
+            ui["summary"] = gr.Markdown(text.WAITING, elem_id="summary")
+            for row in (MAP_NAMES[:3], MAP_NAMES[3:]):
+                with gr.Row(equal_height=True):
+                    for name in row:
+                        ui[f"map-{name}"] = gr.Image(label=MAP_CAPTIONS[name], format="png", interactive=False,
+                                                     buttons=["download", "fullscreen"], elem_id=f"map-{name}",
+                                                     height=230)
+            with gr.Row(equal_height=False):
+                ui["top5"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
+                ui["weights-plot"] = gr.Plot(label="Contribution weights (β, γ)", elem_id="weights-plot")
+            with gr.Accordion("How to read this", open=True):
+                gr.Markdown(text.HOW_TO_READ)
+            ui["hover"] = gr.Plot(label="Hover over the image: every map's value at that point", elem_id="hover")
+            with gr.Row(equal_height=True):
+                ui["export"] = gr.Button("Download maps and report (.zip)", elem_id="export")
+                ui["download"] = gr.File(label="Download", elem_id="download", interactive=False)
+            with gr.Accordion("Report (JSON)", open=False):
+                ui["report"] = gr.JSON(label="Report", elem_id="report")
+    return ui
+
+
+def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
+    """Heavy events recompute (few at a time); slider, weight-mode and style moves only re-fuse."""
+    explain_inputs = [ui[name] for name in ("image", "model", "target-class", "layer", "theta", "strength", "weights",
+                                            "baseline", "gradient-method", "region-method", "top-k", "colormap",
+                                            "opacity", "session")]
+    names = {"weights": "weights-plot"}
+    explain_outputs = [ui[names.get(name, name)] for name in handlers.EXPLAIN_OUTPUTS]
+    refine_inputs = [ui[name] for name in ("session", "theta", "strength", "weights", "gradient-method", "colormap",
+                                           "opacity")]
+    refine_outputs = [ui[names.get(name, name)] for name in handlers.REFINE_OUTPUTS]
+    heavy = {"inputs": explain_inputs, "outputs": explain_outputs, "concurrency_id": "explain",
+             "concurrency_limit": 2, "trigger_mode": "always_last",
+             "show_progress_on": [ui[f"map-{name}"] for name in MAP_NAMES[2:]]}
+    events = [
+        gr.on([ui["run"].click, ui["target-class"].input, ui["layer"].input, ui["baseline"].input,
+               ui["region-method"].input, ui["top-k"].change], handlers.explain, api_name="explain", **heavy),
+        ui["image"].change(handlers.explain_new_image, api_visibility="private", **heavy),
+        ui["model"].input(handlers.explain_new_model, api_visibility="private", **heavy),
+    ]
+    for event in events:   # a slider moved while Score-CAM ran is applied once it is done
+        event.then(handlers.refine, refine_inputs, refine_outputs, api_visibility="private", show_progress="hidden")
+    gr.on([ui[name].change for name in ("theta", "strength", "weights", "gradient-method", "colormap", "opacity")],
+          handlers.refine, refine_inputs, refine_outputs, api_name="refuse", concurrency_id="refine",
+          concurrency_limit=8, trigger_mode="always_last", show_progress="hidden")
+    ui["export"].click(handlers.export, ui["session"], ui["download"], api_name="export")
+
+
+def build_demo() -> gr.Blocks:
+    """The whole page. Further tabs (e.g. "Faithfulness") go inside the ``gr.Tabs`` beside "Explain"."""
+    with gr.Blocks(title="Fusion-CAM explorer", delete_cache=(3600, 3600)) as demo:
+        session = gr.State(None, time_to_live=6 * 3600)
+        gr.Markdown(text.INTRO)
+        with gr.Tabs(elem_id="tabs"):  # noqa: SIM117 (more tabs are added beside this one)
+            with gr.Tab("Explain", id="explain"):
+                wire_explain_tab(explain_tab(session))
+    demo.queue(max_size=32, default_concurrency_limit=2)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size="25mb",
+                theme=gr.themes.Soft(), css=CSS, show_error=True)

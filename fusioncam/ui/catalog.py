@@ -1,0 +1,110 @@
+"""Which models, layers and classes the user can pick, and a bounded cache of loaded models."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from fusioncam.models import BUNDLED, LoadedModel, load_model
+
+MODEL_CHOICES: list[tuple[str, str]] = [
+    ("EfficientNet-Lite0 (bundled, works offline)", BUNDLED),
+    ("ResNet-50 (torchvision, downloads on first use)", "torchvision:resnet50"),
+    ("VGG-16 (torchvision, downloads on first use)", "torchvision:vgg16"),
+    ("DenseNet-121 (torchvision, downloads on first use)", "torchvision:densenet121"),
+    ("MobileNetV3-Large (torchvision, downloads on first use)", "torchvision:mobilenet_v3_large"),
+    ("ConvNeXt-Tiny (timm, downloads on first use)", "timm:convnext_tiny"),
+    ("EfficientNet-B0 (timm, downloads on first use)", "timm:efficientnet_b0"),
+]
+TOP_CLASS = "top"           # target-class value meaning "the model's top prediction"
+DEFAULT_LAYER = "default"   # layer value meaning "the model's default target layer"
+
+
+class ModelCache:
+    """At most ``capacity`` loaded models, least recently used evicted first.
+
+    A lock per model name makes concurrent first requests load a model once, without blocking
+    requests for models already loaded. Network use of one model is serialised by its own
+    ``LoadedModel.lock``, so two requests never hook the same network at once.
+    """
+
+    def __init__(self, capacity: int = 2, loader: Callable[[str], LoadedModel] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("the model cache needs room for at least one model")
+        self.capacity = capacity
+        self._loader = loader or (lambda spec: load_model(spec, device="auto"))
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: str) -> LoadedModel:
+        """The loaded model for ``spec``, loading it (and evicting the oldest) when needed."""
+        spec = spec.strip()
+        with self._lock:
+            if spec in self._models:
+                self._models.move_to_end(spec)
+                return self._models[spec]
+            loading = self._loading.setdefault(spec, threading.Lock())
+        with loading:
+            with self._lock:
+                if spec in self._models:
+                    return self._models[spec]
+            model = self._loader(spec)
+            with self._lock:
+                self._models[spec] = model
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+                self._loading.pop(spec, None)
+            return model
+
+    def loaded(self) -> list[str]:
+        """Names of the cached models, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+
+MODELS = ModelCache(capacity=2)
+
+
+def layer_choices(model: LoadedModel) -> list[tuple[str, str]]:
+    """The model's default layer first, then every candidate layer, deepest first."""
+    return [(f"Model default ({model.default_layer})", DEFAULT_LAYER),
+            *((name, name) for name in reversed(model.candidate_layers()))]
+
+
+def class_choices(class_names: list[str], top5: list[dict]) -> list[tuple[str, str]]:
+    """"Top prediction", then the top-5 with their probabilities, then every other class."""
+    first = {entry["index"] for entry in top5}
+    return [("Top prediction (automatic)", TOP_CLASS),
+            *((f"{e['index']}: {e['name']} — {e['probability']:.1%}", str(e["index"])) for e in top5),
+            *((f"{i}: {name}", str(i)) for i, name in enumerate(class_names) if i not in first)]
+
+
+def parse_target(value: str | int | None, class_names: list[str]) -> int | None:
+    """A target-class value as a class index (``None``: the top prediction).
+
+    Accepts ``"top"``/empty, an index (``285`` or ``"285"``), a choice label (``"285: Egyptian cat"``)
+    or a class name (case-insensitive). Anything else is a plain ``ValueError``.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", TOP_CLASS)):
+        return None
+    text = str(value).strip()
+    head = text.split(":", 1)[0].strip()
+    if head.lstrip("-").isdigit():
+        index = int(head)
+        if not 0 <= index < len(class_names):
+            raise ValueError(f"Class {index} does not exist: this model has classes 0–{len(class_names) - 1}.")
+        return index
+    lowered = [name.lower() for name in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    raise ValueError(f"Unknown class {text!r}: pick one from the list, or give a class index "
+                     f"0–{len(class_names) - 1}.")
+
+
+def parse_layer(value: str | None) -> str | None:
+    """A layer value as a layer name (``None``: the model's default layer)."""
+    if value is None or value.strip() in ("", DEFAULT_LAYER):
+        return None
+    return value.strip()

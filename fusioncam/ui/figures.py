@@ -1,0 +1,83 @@
+"""Pictures for the page: map overlays, the β/γ weight chart and the hover view (plotly)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from fusioncam.explain import MAP_NAMES
+from fusioncam.render import overlay
+
+MAP_TITLES = {
+    "gradcam": "Grad-CAM",
+    "denoised": "Denoised Grad-CAM",
+    "scorecam": "Score-CAM",
+    "combined": "Combined",
+    "fusion": "Fusion-CAM",
+    "agreement": "Agreement",
+}
+HOVER_GRID = 64   # the hover view samples each map on this grid (keeps the page payload small)
+COLORS = {"denoised": "#4C78A8", "region": "#F58518", "combined": "#54A24B"}
+
+
+def overlays(display: Image.Image, maps: dict[str, np.ndarray], colormap: str, opacity: float,
+             names: tuple[str, ...] = MAP_NAMES) -> list[np.ndarray]:
+    """Each named map drawn over the display image (uint8 RGB, the display image's size)."""
+    return [overlay(display, maps[name], colormap, opacity) for name in names]
+
+
+def weights_figure(report: dict[str, Any]) -> go.Figure:
+    """Grouped bars: β (probability gain of each masked input), β̂ (shares in the combined map)
+    and γ (shares in Fusion-CAM)."""
+    betas, gammas = report["betas"], report["gammas"]
+    groups = ["β: confidence gain", "β̂: share in combined", "γ: share in Fusion-CAM"]
+    series = {
+        "denoised": ("Denoised Grad-CAM", [betas["denoised"], betas["denoised_hat"], None]),
+        "region": ("Score-CAM", [betas["region"], betas["region_hat"], gammas["region"]]),
+        "combined": ("Combined", [betas["combined"], None, gammas["combined"]]),
+    }
+    figure = go.Figure()
+    for key, (label, values) in series.items():
+        figure.add_bar(name=label, x=groups, y=values, marker_color=COLORS[key],
+                       text=[None if v is None else f"{v:.3f}" for v in values], textposition="outside",
+                       hovertemplate=f"{label}<br>%{{x}} = %{{y:.4f}}<extra></extra>")
+    figure.update_layout(barmode="group", height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30},
+                         legend={"orientation": "h", "y": 1.15, "x": 0}, yaxis_title="weight",
+                         template="plotly_white")
+    figure.add_hline(y=0, line_width=1, line_color="#888")
+    return figure
+
+
+def _data_uri(image: Image.Image) -> str:
+    """A PNG data URI of ``image``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _sample(saliency: np.ndarray, grid: int) -> np.ndarray:
+    """``saliency`` averaged down to ``grid × grid`` cells."""
+    return np.asarray(Image.fromarray(saliency.astype(np.float32), mode="F").resize((grid, grid), Image.Resampling.BOX))
+
+
+def hover_figure(image: Image.Image, maps: dict[str, np.ndarray], colormap: str, grid: int = HOVER_GRID) -> go.Figure:
+    """The image as the model sees it with Fusion-CAM on top; hovering shows every map's value there."""
+    height, width = maps["fusion"].shape
+    background = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    samples = np.stack([_sample(maps[name], grid) for name in MAP_NAMES], axis=-1).round(3)
+    centres_x = (np.arange(grid) + 0.5) * width / grid
+    centres_y = (np.arange(grid) + 0.5) * height / grid
+    lines = "<br>".join(f"{MAP_TITLES[name]}: %{{customdata[{i}]:.2f}}" for i, name in enumerate(MAP_NAMES))
+    figure = go.Figure(go.Image(source=_data_uri(background), hoverinfo="skip"))
+    figure.add_heatmap(z=samples[..., MAP_NAMES.index("fusion")], x=centres_x, y=centres_y, customdata=samples,
+                       zmin=0, zmax=1, opacity=0.45, colorscale=colormap, hovertemplate=lines + "<extra></extra>",
+                       colorbar={"title": {"text": "Fusion-CAM"}, "thickness": 12})
+    figure.update_layout(height=420, margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white")
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor="x")
+    return figure

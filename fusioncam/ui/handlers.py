@@ -1,0 +1,163 @@
+"""What each page event does: UI values in, UI values out. ``app.py`` only wires these up.
+
+Output order contracts (``app.py`` lists its components in the same order):
+
+- :data:`EXPLAIN_OUTPUTS` for :func:`explain`, :func:`explain_new_image`, :func:`explain_new_model`
+  and :func:`clear`;
+- :data:`REFINE_OUTPUTS` for :func:`refine`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+
+from fusioncam.capture import CaptureError
+from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
+from fusioncam.images import load_image
+from fusioncam.models import BUNDLED
+
+from . import compute, figures, text
+from .catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, class_choices, layer_choices, parse_layer, parse_target
+from .export import export_zip
+from .session import Request, Session, display_image, file_digest
+
+EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover",
+                   "report", "target-class", "layer")
+REFINE_OUTPUTS = ("session", "summary", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover", "report")
+NO_IMAGE = "Please upload an image first (or click one of the examples below it)."
+EXPORT_DIR = Path(tempfile.gettempdir()) / "fusioncam-exports"
+EXPORT_MAX_AGE_S = 3600
+PROGRESS = gr.Progress()   # Gradio finds the progress bar by this default value
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's plain-sentence errors into a ``gr.Error`` the page shows; the app keeps serving."""
+    try:
+        yield
+    except (ValueError, CaptureError) as error:   # InputError and ModelError are ValueErrors
+        raise gr.Error(str(error), title="Cannot explain this") from None
+
+
+def _finished(session: Session) -> tuple:
+    """The :data:`EXPLAIN_OUTPUTS` values for a finished explanation (the dropdowns stay as they are)."""
+    pictures = figures.overlays(session.display, session.maps, session.colormap, session.opacity)
+    return (session, text.summary(session.report), text.top5_label(session.report["top5"]), *pictures,
+            figures.weights_figure(session.report),
+            figures.hover_figure(session.evidence.image, session.maps, session.colormap),
+            session.report, gr.skip(), gr.skip())
+
+
+def explain(image: str | None, model_spec: str, target: str | int | None, layer: str | None, theta: float,
+            strength: float, weights: str, baseline: str, gradient_method: str, region_method: str,
+            top_k: float, colormap: str, opacity: float, session: Session | None,
+            progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+    """Explain ``image``: the gradient maps first, then Score-CAM with a progress bar, then the rest.
+
+    When only the fusion parameters differ from the session's last run, the kept evidence is
+    re-fused instead (no Score-CAM).
+    """
+    with user_errors():
+        if not image:
+            raise ValueError(NO_IMAGE)
+        picture = load_image(image)
+        spec = (model_spec or BUNDLED).strip()
+        progress(0, desc=f"Loading model {spec}…")
+        model = MODELS.get(spec)
+        target_index, layer_name = parse_target(target, model.class_names), parse_layer(layer)
+        params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
+        topk = round(top_k) if region_method == "scorecam-topk" else None
+        request = Request(file_digest(image), spec, layer_name, target_index, baseline, region_method, topk)
+        if session is not None and session.request == request:
+            evidence, maps, report = compute.refuse(spec, session.evidence, params)
+            yield _finished(session.with_fusion(evidence, params, maps, report).with_style(colormap, opacity))
+            return
+
+        progress(0.02, desc="Grad-CAM: one pass through the network…")
+        evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
+        display = display_image(picture)
+        top5 = text.early_top5(evidence, model.class_names)
+        preview = gradient_preview(evidence, params.theta, params.gradient_method)
+        target_value = TOP_CLASS if target_index is None else str(target_index)
+        yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),
+               *figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised")),
+               None, None, None, None, None, None, None,
+               gr.update(choices=class_choices(model.class_names, top5), value=target_value),
+               gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
+
+        def report_progress(done: int, total: int) -> None:
+            progress((done, total), desc="Score-CAM: masking the image channel by channel…", unit="batches")
+
+        evidence, maps, report = compute.gather_regions(spec, evidence, region_method, topk, params, report_progress)
+        yield _finished(Session(request, evidence, params, maps, report, display, colormap, opacity))
+
+
+def explain_new_image(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
+                      theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
+                      region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
+                      progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+    """A new image: explain its top prediction (the ``target`` shown for the old image is dropped),
+    or clear the page when the image was removed."""
+    if not image:
+        yield clear()
+        return
+    yield from explain(image, model_spec, TOP_CLASS, layer, theta, strength, weights, baseline, gradient_method,
+                       region_method, top_k, colormap, opacity, session, progress)
+
+
+def explain_new_model(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
+                      theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
+                      region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
+                      progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+    """A new model: its default layer and top prediction (the old ``target`` and ``layer`` are
+    dropped); nothing to do before there is an image."""
+    if not image:
+        yield tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
+        return
+    yield from explain(image, model_spec, TOP_CLASS, DEFAULT_LAYER, theta, strength, weights, baseline,
+                       gradient_method, region_method, top_k, colormap, opacity, session, progress)
+
+
+def clear() -> tuple:
+    """The :data:`EXPLAIN_OUTPUTS` values of an empty page."""
+    return (None, text.WAITING, None, *(None for _ in MAP_NAMES), None, None, None,
+            gr.update(value=TOP_CLASS), gr.skip())
+
+
+def refine(session: Session | None, theta: float, strength: float, weights: str, gradient_method: str,
+           colormap: str, opacity: float) -> tuple:
+    """Re-fuse the kept evidence with new fusion parameters, or redraw with a new colour map or
+    opacity; does nothing when nothing changed or nothing has been explained yet."""
+    skip = tuple(gr.skip() for _ in REFINE_OUTPUTS)
+    if session is None:
+        return skip
+    with user_errors():
+        params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
+        if params == session.params and (colormap, opacity) == (session.colormap, session.opacity):
+            return skip
+        if params != session.params:
+            evidence, maps, report = compute.refuse(session.request.model, session.evidence, params)
+            session = session.with_fusion(evidence, params, maps, report)
+        session = session.with_style(colormap, opacity)
+    pictures = figures.overlays(session.display, session.maps, colormap, opacity)
+    return (session, text.summary(session.report), *pictures, figures.weights_figure(session.report),
+            figures.hover_figure(session.evidence.image, session.maps, colormap), session.report)
+
+
+def export(session: Session | None) -> str:
+    """A zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
+    if session is None:
+        raise gr.Error("Explain an image first; then the download holds its maps and report.")
+    EXPORT_DIR.mkdir(exist_ok=True)
+    for old in EXPORT_DIR.iterdir():
+        if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
+            shutil.rmtree(old, ignore_errors=True)
+    explanation = session.explanation(MODELS.get(session.request.model))
+    return str(export_zip(explanation, EXPORT_DIR, session.colormap, session.opacity))

@@ -1,0 +1,81 @@
+"""Words on the page: the status summary, the top-5 label and the "how to read this" note."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fusioncam.explain import Evidence
+
+INTRO = """# 🔥 Fusion-CAM explorer
+See **why** an image classifier made its prediction. Upload a picture (or pick an example), and the
+app colours the parts of the image that drove the decision, computed by two different families
+of methods and then fused into one map: **Fusion-CAM**
+([arXiv 2603.05386](https://arxiv.org/abs/2603.05386))."""
+
+HOW_TO_READ = """
+**Colours.** Each picture is the image with a heat map on top: warm colours (red/yellow in the default
+*jet* map) mark regions that pushed the model **towards** the chosen class; blue marks regions that
+hardly mattered. Values run from 0 to 1 within each map, so compare *where* maps are warm, not how warm.
+
+**The six maps, left to right.**
+1. **Grad-CAM** follows the model's gradients: fast (one pass), but often blurry or spread out.
+2. **Denoised Grad-CAM** removes the weakest θ % of Grad-CAM (the *denoising θ* slider).
+3. **Score-CAM** hides parts of the image and measures how the model's confidence changes: slower,
+   but grounded in what the model actually does with each region.
+4. **Combined** mixes 2 and 3, each weighted by how much keeping only *its* region raises the
+   model's confidence (the β weights in the chart).
+5. **Fusion-CAM**, the final answer: where the combined map and Score-CAM agree it keeps the stronger
+   value; where they disagree it averages them. The *fusion strength λ* slider sets how strongly
+   disagreement pulls towards the average (λ = 0 simply keeps the maximum).
+6. **Agreement** shows where the two methods agree (bright) or disagree (dark).
+
+**Weights chart.** β is the gain in the model's confidence when only that map's region is kept,
+compared with a blank image; γ is each map's share in Fusion-CAM. A negative or tiny β means that
+map's region alone did not convince the model; the app warns you when the weights are unreliable.
+
+**Trust, but check.** These maps explain *this* model's decision, not the truth about the image. If
+the warm region is the background (snow behind a wolf, water behind a boat), the model may rely on
+context rather than the object itself. Try another class in *Explain which class* to see what the
+model would look at for it.
+"""
+
+WAITING = "Upload an image or click an example to start; the maps appear in a few seconds."
+
+
+def top5_label(top5: list[dict[str, Any]]) -> dict[str, float]:
+    """Top-5 entries (``index``, ``name``, ``probability``) as ``{label: probability}`` for ``gr.Label``."""
+    return {f"{entry['name']} (#{entry['index']})": entry["probability"] for entry in top5}
+
+
+def early_top5(evidence: Evidence, class_names: list[str]) -> list[dict[str, Any]]:
+    """The top-5 predictions straight from stage 1's logits, in the report's format, before the
+    report exists."""
+    probabilities = torch.softmax(evidence.logits.float(), dim=0)
+    top = probabilities.topk(min(5, len(probabilities)))
+    return [{"index": int(i), "name": class_names[int(i)], "probability": float(p)}
+            for p, i in zip(top.values, top.indices, strict=True)]
+
+
+def progress_summary(evidence: Evidence, class_names: list[str]) -> str:
+    """The status line while Score-CAM is still running."""
+    name = class_names[evidence.target]
+    return (f"### Explaining **{name}** (class {evidence.target})\n"
+            "Grad-CAM is ready. Score-CAM is now masking the image channel by channel (the slow part); "
+            "the other maps follow.")
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The headline for a finished explanation: class, confidence, denoising, cost and warnings."""
+    denoise, passes = report["denoise"], report["forward_passes"]
+    seconds = sum(report["timings"].values())
+    lines = [
+        f"### Explaining **{report['class_name']}** (class {report['class_index']}), "
+        f"model confidence {report['probability']:.1%}",
+        f"Model `{report['model']}`, layer `{report['layer']}` · denoising at θ = {denoise['theta']:g} removed "
+        f"{denoise['zeroed_pixels']:,} pixels ({denoise['zeroed_fraction']:.0%}) of Grad-CAM · "
+        f"{passes['total']:,} network passes in {seconds:.1f} s on {report['device']}.",
+    ]
+    lines += [f"> ⚠️ {warning}" for warning in report["warnings"]]
+    return "\n\n".join(lines)
