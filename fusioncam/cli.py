@@ -112,6 +112,10 @@ def build_parser() -> OneLineParser:
     layers_cmd = commands.add_parser("layers", help="list a model's candidate target layers")
     layers_cmd.add_argument("--model", default=BUNDLED)
     layers_cmd.set_defaults(handler=run_layers)
+
+    from .evaluate import add_evaluate_command
+
+    add_evaluate_command(commands)
     return parser
 
 
