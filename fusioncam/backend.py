@@ -1,7 +1,8 @@
-"""Where the tensors live: device choice, memory layout, chunk sizes, and ZeroGPU support."""
+"""Where the tensors live: device choice, memory layout, chunk sizes, precision and ZeroGPU support."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -11,8 +12,17 @@ from torch import nn
 F = TypeVar("F", bound=Callable)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-CPU_CHUNK = 16               # masked inputs per forward on CPU: past ~8 throughput is flat
-GPU_BYTES_PER_SAMPLE = 64e6  # a generous per-sample activation budget for automatic GPU chunks
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Masked inputs per forward on CPU. Measured with benchmarks/scorecam.py (bundled model,
+# channels_last, 224², 2-core AMD EPYC): throughput peaks around batch 4–8 and falls past 16
+# (activations stop fitting in cache), so 8 is kept as a fixed choice; timing candidates at run
+# time would cost more forward passes than the difference saves on a busy CPU.
+CPU_CHUNK = 8
+GPU_BYTES_PER_SAMPLE = 64e6  # per-sample activation budget when no module is given to measure
+GPU_MEMORY_SHARE = 0.5       # share of the free GPU memory one chunk of masked passes may use
+GPU_MAX_CHUNK = 512
+_PROBE_BATCH = 4
+_gpu_chunk_cache: dict[tuple, int] = {}
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -39,13 +49,83 @@ def prepare(module: nn.Module, device: torch.device, channels_last: bool = True)
     return module
 
 
-def auto_chunk_size(device: torch.device, sample_shape: tuple[int, ...]) -> int:
-    """Masked inputs per forward pass: a fixed size on CPU, sized from free memory on a GPU."""
+def _network(module: object) -> nn.Module | None:
+    """The ``nn.Module`` behind a model callable (a :class:`~fusioncam.models.LoadedModel` or a module)."""
+    inner = getattr(module, "module", module)
+    return inner if isinstance(inner, nn.Module) else None
+
+
+def prefers_channels_last(module: object) -> bool:
+    """Whether the network's first 4-D weight (its first convolution) is stored ``channels_last``:
+    masked inputs are then built in that layout so the first convolution needs no conversion."""
+    network = _network(module)
+    if network is None:
+        return False
+    for parameter in network.parameters():
+        if parameter.dim() == 4 and parameter.is_contiguous() != parameter.is_contiguous(
+                memory_format=torch.channels_last):        # a 1×1 kernel is both: undecided, look further
+            return parameter.is_contiguous(memory_format=torch.channels_last)
+    return False
+
+
+def auto_chunk_size(device: torch.device, sample_shape: tuple[int, ...], module: object | None = None,
+                    precision: str = "fp32") -> int:
+    """Masked inputs per forward pass: :data:`CPU_CHUNK` on CPU (and MPS); on CUDA sized from the
+    free memory, using the per-sample memory of ``module`` measured once by a probe forward when
+    given (cached per device, network, input shape and precision), else a generous fixed budget."""
     if device.type != "cuda":
         return CPU_CHUNK
+    shape = tuple(sample_shape[-3:])
+    network = _network(module) if module is not None else None
+    if network is None:
+        pixels = shape[-1] * shape[-2] / (224 * 224)
+        per_sample = GPU_BYTES_PER_SAMPLE * pixels
+    else:
+        key = (str(device), id(network), shape, precision, prefers_channels_last(network))
+        if key not in _gpu_chunk_cache:
+            _gpu_chunk_cache[key] = _probe_bytes_per_sample(network, device, shape, precision)
+        per_sample = _gpu_chunk_cache[key]
     free, _total = torch.cuda.mem_get_info(device)
-    pixels = sample_shape[-1] * sample_shape[-2] / (224 * 224)
-    return int(max(1, min(512, free * 0.5 // (GPU_BYTES_PER_SAMPLE * pixels))))
+    return int(max(1, min(GPU_MAX_CHUNK, free * GPU_MEMORY_SHARE // per_sample)))
+
+
+def _probe_bytes_per_sample(network: nn.Module, device: torch.device, shape: tuple[int, ...],
+                            precision: str) -> int:
+    """Peak extra GPU memory per sample of one inference forward at batch :data:`_PROBE_BATCH`."""
+    layout = torch.channels_last if prefers_channels_last(network) else torch.contiguous_format
+    probe = torch.zeros((_PROBE_BATCH, *shape), device=device).contiguous(memory_format=layout)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast(device, precision):
+        network(probe)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    return max(1, int(peak // _PROBE_BATCH))
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of :data:`PRECISIONS`, else a ``ValueError``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """Reduced-precision autocast for ``bf16`` / ``fp16`` (opt-in, approximate); ``fp32`` is exact
+    and runs with autocast left as it is."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a CPU → CUDA copy goes through pinned memory without blocking
+    the host (the stream orders it before any kernel that reads it)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def gpu_decorator(duration: int = 120) -> Callable[[F], F]:

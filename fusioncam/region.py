@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .backend import autocast, check_precision, prefers_channels_last, to_device
 from .fusion import normalize, upsample
 
 
@@ -46,7 +47,8 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
                    activations: torch.Tensor, targets: torch.Tensor, chunk_size: int,
                    selected: torch.Tensor | None = None, share_flat: bool = True,
                    mask_align_corners: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> RegionScores:
+                   progress: Callable[[int, int], None] | None = None,
+                   channels_last: bool | None = None, precision: str = "fp32") -> RegionScores:
     """Score every selected channel ``k`` of every image ``n``: ``s_nk = f(m(x_n, M_nk))_{c_n}``.
 
     Masked inputs are built chunk by chunk (``chunk_size`` per forward) in one reused buffer,
@@ -55,13 +57,19 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     channels get ``-inf`` so that ``softmax`` gives them ``α = 0``. With ``share_flat`` the flat
     channels reuse the baseline score instead of a forward pass each. ``progress(done, total)``
     is called after each chunk.
+
+    Speed options, all exact but the last: the buffer is built ``channels_last`` when
+    ``channels_last`` is true (default ``None``: when the network's weights are), so the first
+    convolution needs no layout conversion. ``precision="bf16"`` / ``"fp16"`` runs the masked
+    passes under autocast — approximate, off by default; the baseline pass stays fp32.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk size must be ≥ 1, got {chunk_size}")
+    check_precision(precision)
     device = x.device
     size = tuple(x.shape[-2:])
-    activations = activations.to(device, torch.float32)
-    targets = targets.to(device)
+    activations = to_device(activations.float(), device)
+    targets = to_device(targets, device)
     baseline_logits = module(baseline).float()
     base_scores = baseline_logits.gather(1, targets[:, None])              # N×1
 
@@ -73,17 +81,21 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         chosen = chosen & ~flat
     jobs = chosen.nonzero()                                                 # J×2: (image, channel)
 
+    if channels_last is None:
+        channels_last = prefers_channels_last(module)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     diff = x - baseline
-    buffer = torch.empty((min(chunk_size, max(len(jobs), 1)), *x.shape[1:]), device=device, dtype=x.dtype)
+    buffer = torch.empty((min(chunk_size, max(len(jobs), 1)), *x.shape[1:]), device=device, dtype=x.dtype,
+                         memory_format=layout)
     for start in range(0, len(jobs), chunk_size):
         image_idx, channel_idx = jobs[start:start + chunk_size].unbind(1)
         count = len(image_idx)
         masks = normalize(upsample(activations[image_idx, channel_idx].unsqueeze(1), size, mask_align_corners))
-        batch = buffer[:count]
-        torch.index_select(diff, 0, image_idx, out=batch)
-        batch.mul_(masks)
+        batch = buffer[:count]                       # keeps the buffer's layout
+        torch.mul(diff.index_select(0, image_idx), masks, out=batch)
         batch.add_(baseline.index_select(0, image_idx))
-        logits = module(batch)
+        with autocast(device, precision):
+            logits = module(batch)
         scores[image_idx, channel_idx] = logits.gather(1, targets[image_idx, None]).squeeze(1).float()
         if progress is not None:
             progress(start + count, len(jobs))
