@@ -146,7 +146,7 @@ def test_every_baseline_and_gradient_method_gives_valid_maps(tiny_model: LoadedM
     exp = explain(tiny_model, tiny_image, baseline=baseline, gradient_method=method)
     assert exp.report["params"]["baseline"] == baseline
     for array in exp.maps.values():
-        assert np.isfinite(array).all() and 0 <= array.min() and array.max() <= 1
+        assert np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1
 
 
 def test_top_k_mode_scores_only_k_channels(tiny_model: LoadedModel, tiny_image: np.ndarray) -> None:

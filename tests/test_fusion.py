@@ -93,9 +93,10 @@ def test_reference_fusion_weights_reuse_the_rescaled_region_weight() -> None:
     beta_comb, beta_reg = 0.5, 0.2
     _, reg_hat = fusion.contribution_weights(0.6, beta_reg, "reference")
     gamma = fusion.fusion_weights(beta_comb, beta_reg, reg_hat, "reference")
-    assert gamma == pytest.approx((beta_comb / (beta_comb + reg_hat + 1e-8), reg_hat / (beta_comb + reg_hat + 1e-8)))
+    total_hat, total = beta_comb + reg_hat + 1e-8, beta_comb + beta_reg + 1e-8
+    assert gamma == pytest.approx((beta_comb / total_hat, reg_hat / total_hat))
     normalized = fusion.fusion_weights(beta_comb, beta_reg, reg_hat, "normalized")
-    assert normalized == pytest.approx((beta_comb / (beta_comb + beta_reg + 1e-8), beta_reg / (beta_comb + beta_reg + 1e-8)))
+    assert normalized == pytest.approx((beta_comb / total, beta_reg / total))
     assert gamma != pytest.approx(normalized)
     assert fusion.fusion_weights(beta_comb, beta_reg, reg_hat, "raw") == (beta_comb, beta_reg)
 
