@@ -1,0 +1,74 @@
+"""The command line: outputs, shapes and ranges; every bad input gives exit code 2 and one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusioncam import MAP_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fusioncam", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_explain_writes_every_map_overlay_and_the_report(tmp_path: Path, cat_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("explain", str(cat_path), "--theta", "15", "--strength", "2", "--device", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["class_name"] == "Egyptian cat" and report["layer"] == "bn2"
+    assert report["params"]["theta"] == 15 and report["params"]["strength"] == 2
+    display = Image.open(cat_path).size
+    for name in MAP_NAMES:
+        array = np.load(out / f"{name}.npy")
+        assert array.shape == (224, 224) and array.dtype == np.float32
+        assert array.min() >= 0 and array.max() <= 1
+        with Image.open(out / f"{name}.png") as picture:
+            assert picture.format == "PNG" and picture.size == display
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.npy" for n in MAP_NAMES] + [f"{n}.png" for n in MAP_NAMES] + ["report.json"])
+
+
+def test_layers_lists_candidates_with_the_default_marked() -> None:
+    result = run_cli("layers")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "* bn2  (1280×7×7)" in lines
+    assert any(line.strip().startswith("blocks.5") for line in lines)
+
+
+@pytest.fixture
+def not_an_image(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.jpg"
+    path.write_text("<html>this is not a picture</html>")
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "not-image", "empty", "unknown-model", "unknown-layer",
+                                  "class-range", "bad-choice", "offline-hub"])
+def test_bad_input_gives_exit_code_2_one_line_and_no_output(case: str, tmp_path: Path, cat_path: Path,
+                                                            not_an_image: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    image = {"missing": str(tmp_path / "nope.jpg"), "not-image": str(not_an_image), "empty": str(empty)}.get(
+        case, str(cat_path))
+    extra = {"unknown-model": ["--model", "resnet9000"], "unknown-layer": ["--layer", "blocks.99"],
+             "class-range": ["--class", "1000"], "bad-choice": ["--weights", "softmax"],
+             "offline-hub": ["--model", "timm:this_model_does_not_exist"]}.get(case, [])
+    out = tmp_path / "out"
+    result = run_cli("explain", image, *extra, "--out", str(out))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("fusioncam: error: ") and "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
