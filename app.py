@@ -19,17 +19,17 @@ from fusioncam.models import BUNDLED
 from fusioncam.render import COLORMAPS
 from fusioncam.ui import handlers, text
 from fusioncam.ui.catalog import DEFAULT_LAYER, MODEL_CHOICES, MODELS, TOP_CLASS
-from fusioncam.ui.inputs import ImageInput
+from fusioncam.ui.inputs import plain_upload_errors
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES = sorted(str(path) for path in ASSETS.glob("*.jpg"))
 MAP_CAPTIONS = {
-    "gradcam": "① Grad-CAM (gradients)",
-    "denoised": "② Denoised Grad-CAM",
-    "scorecam": "③ Score-CAM (masking)",
-    "combined": "④ Combined (② + ③)",
-    "fusion": "⑤ Fusion-CAM (final)",
-    "agreement": "⑥ Agreement of ④ and ③",
+    "gradcam": "① Grad-CAM",
+    "denoised": "② Denoised",
+    "scorecam": "③ Score-CAM",
+    "combined": "④ Combined",
+    "fusion": "⑤ Fusion-CAM",
+    "agreement": "⑥ Agreement",
 }
 CSS = """
 #map-fusion { border: 2px solid var(--color-accent); }
@@ -41,8 +41,9 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
     ui: dict[str, gr.components.Component] = {"session": session}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            ui["image"] = ImageInput(label="Your image", type="filepath", sources=["upload", "clipboard", "webcam"],
-                                   elem_id="input-image", height=280)
+            ui["image"] = plain_upload_errors(gr.Image(label="Your image", type="filepath",
+                                                       sources=["upload", "clipboard", "webcam"],
+                                                       elem_id="input-image", height=280))
             gr.Examples(EXAMPLES, inputs=ui["image"], label="Examples (click one)")
             ui["run"] = gr.Button("Explain", variant="primary", elem_id="run")
             ui["model"] = gr.Dropdown(MODEL_CHOICES, value=BUNDLED, label="Model", allow_custom_value=True,
@@ -89,10 +90,11 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                 ui["weights-plot"] = gr.Plot(label="Contribution weights (β, γ)", elem_id="weights-plot")
             with gr.Accordion("How to read this", open=True):
                 gr.Markdown(text.HOW_TO_READ)
-            ui["hover"] = gr.Plot(label="Hover over the image: every map's value at that point", elem_id="hover")
-            with gr.Row(equal_height=True):
-                ui["export"] = gr.Button("Download maps and report (.zip)", elem_id="export")
-                ui["download"] = gr.File(label="Download", elem_id="download", interactive=False)
+            ui["hover"] = gr.Plot(label="Hover over the image (as the model sees it): every map's value there",
+                                  elem_id="hover")
+            ui["export"] = gr.Button("Prepare a download: every map (.npy), the overlays (.png) and the report",
+                                     elem_id="export")
+            ui["download"] = gr.File(label="Download (.zip)", elem_id="download", interactive=False, visible=False)
             with gr.Accordion("Report (JSON)", open=False):
                 ui["report"] = gr.JSON(label="Report", elem_id="report")
     return ui
@@ -122,6 +124,7 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
     gr.on([ui[name].change for name in ("theta", "strength", "weights", "gradient-method", "colormap", "opacity")],
           handlers.refine, refine_inputs, refine_outputs, api_name="refuse", concurrency_id="refine",
           concurrency_limit=8, trigger_mode="always_last", show_progress="hidden")
+    ui["export"].click(handlers.reveal, None, ui["download"], api_visibility="private", queue=False)
     ui["export"].click(handlers.export, ui["session"], ui["download"], api_name="export")
 
 

@@ -35,7 +35,7 @@ def weights_figure(report: dict[str, Any]) -> go.Figure:
     """Grouped bars: β (probability gain of each masked input), β̂ (shares in the combined map)
     and γ (shares in Fusion-CAM)."""
     betas, gammas = report["betas"], report["gammas"]
-    groups = ["β: confidence gain", "β̂: share in combined", "γ: share in Fusion-CAM"]
+    groups = ["β<br>confidence gain", "β̂<br>share in combined", "γ<br>share in Fusion-CAM"]
     series = {
         "denoised": ("Denoised Grad-CAM", [betas["denoised"], betas["denoised_hat"], None]),
         "region": ("Score-CAM", [betas["region"], betas["region_hat"], gammas["region"]]),
@@ -45,19 +45,19 @@ def weights_figure(report: dict[str, Any]) -> go.Figure:
     for key, (label, values) in series.items():
         figure.add_bar(name=label, x=groups, y=values, marker_color=COLORS[key],
                        text=[None if v is None else f"{v:.3f}" for v in values], textposition="outside",
-                       hovertemplate=f"{label}<br>%{{x}} = %{{y:.4f}}<extra></extra>")
-    figure.update_layout(barmode="group", height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30},
-                         legend={"orientation": "h", "y": 1.15, "x": 0}, yaxis_title="weight",
+                       cliponaxis=False, hovertemplate=f"{label}<br>%{{x}} = %{{y:.4f}}<extra></extra>")
+    figure.update_layout(barmode="group", height=340, margin={"l": 40, "r": 10, "t": 30, "b": 20},
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}, yaxis_title="weight",
                          template="plotly_white")
     figure.add_hline(y=0, line_width=1, line_color="#888")
     return figure
 
 
-def _data_uri(image: Image.Image) -> str:
-    """A PNG data URI of ``image``."""
+def _data_uri(photo: Image.Image) -> str:
+    """A JPEG data URI of a photo (the heat map on top of it is drawn by plotly, not compressed)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    photo.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _sample(saliency: np.ndarray, grid: int) -> np.ndarray:
@@ -75,7 +75,8 @@ def hover_figure(image: Image.Image, maps: dict[str, np.ndarray], colormap: str,
     lines = "<br>".join(f"{MAP_TITLES[name]}: %{{customdata[{i}]:.2f}}" for i, name in enumerate(MAP_NAMES))
     figure = go.Figure(go.Image(source=_data_uri(background), hoverinfo="skip"))
     figure.add_heatmap(z=samples[..., MAP_NAMES.index("fusion")], x=centres_x, y=centres_y, customdata=samples,
-                       zmin=0, zmax=1, opacity=0.45, colorscale=colormap, hovertemplate=lines + "<extra></extra>",
+                       zmin=0, zmax=1, zsmooth="best", opacity=0.45, colorscale=colormap,
+                       hovertemplate=lines + "<extra></extra>",
                        colorbar={"title": {"text": "Fusion-CAM"}, "thickness": 12})
     figure.update_layout(height=420, margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white")
     figure.update_xaxes(visible=False)

@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from fusioncam.capture import CaptureError
 from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
@@ -134,25 +136,36 @@ def clear() -> tuple:
 def refine(session: Session | None, theta: float, strength: float, weights: str, gradient_method: str,
            colormap: str, opacity: float) -> tuple:
     """Re-fuse the kept evidence with new fusion parameters, or redraw with a new colour map or
-    opacity; does nothing when nothing changed or nothing has been explained yet."""
+    opacity; only the maps that changed are sent again, and nothing at all when nothing changed
+    or nothing has been explained yet."""
     skip = tuple(gr.skip() for _ in REFINE_OUTPUTS)
     if session is None:
         return skip
     with user_errors():
         params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
-        if params == session.params and (colormap, opacity) == (session.colormap, session.opacity):
-            return skip
-        if params != session.params:
+    restyled = (colormap, opacity) != (session.colormap, session.opacity)
+    if params == session.params and not restyled:
+        return skip
+    previous = session
+    if params != session.params:
+        with user_errors():
             evidence, maps, report = compute.refuse(session.request.model, session.evidence, params)
-            session = session.with_fusion(evidence, params, maps, report)
-        session = session.with_style(colormap, opacity)
-    pictures = figures.overlays(session.display, session.maps, colormap, opacity)
+        session = session.with_fusion(evidence, params, maps, report)
+    session = session.with_style(colormap, opacity)
+    pictures = [figures.overlays(session.display, session.maps, colormap, opacity, (name,))[0]
+                if restyled or not np.array_equal(session.maps[name], previous.maps[name]) else gr.skip()
+                for name in MAP_NAMES]
     return (session, text.summary(session.report), *pictures, figures.weights_figure(session.report),
             figures.hover_figure(session.evidence.image, session.maps, colormap), session.report)
 
 
+def reveal() -> dict[str, Any]:
+    """Show a component hidden until it has something to show (the download box)."""
+    return gr.update(visible=True)
+
+
 def export(session: Session | None) -> str:
-    """A zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
+    """The path of a zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
     if session is None:
         raise gr.Error("Explain an image first; then the download holds its maps and report.")
     EXPORT_DIR.mkdir(exist_ok=True)

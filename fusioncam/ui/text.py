@@ -8,7 +8,7 @@ import torch
 
 from fusioncam.explain import Evidence
 
-INTRO = """# 🔥 Fusion-CAM explorer
+INTRO = """# Fusion-CAM explorer
 See **why** an image classifier made its prediction. Upload a picture (or pick an example), and the
 app colours the parts of the image that drove the decision, computed by two different families
 of methods and then fused into one map: **Fusion-CAM**
