@@ -66,6 +66,11 @@ class Evidence:
             self.gradient_maps[method] = gradient_map(method, self.activations[None], self.gradients[None], size)[0]
         return self.gradient_maps[method]
 
+    def top_predictions(self, k: int = 5) -> list[tuple[int, float]]:
+        """The ``k`` most probable classes as ``(index, probability)``, most probable first."""
+        top = torch.softmax(self.logits.float(), dim=0).topk(min(k, len(self.logits)))
+        return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
     def region_map(self) -> torch.Tensor:
         """``L_reg`` from the kept channel scores (cached)."""
         if self.region_scores is None:
@@ -191,8 +196,7 @@ def derive(model: LoadedModel, evidences: list[Evidence], params: FusionParams,
 def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusion.Weights, zeroed: int,
             started: float) -> dict[str, Any]:
     """The JSON-able summary of one explanation."""
-    probs = torch.softmax(e.logits.float(), dim=0)
-    top = probs.topk(min(5, len(probs)))
+    probability = float(torch.softmax(e.logits.float(), dim=0)[e.target])
     pixels = int(e.x.shape[-1] * e.x.shape[-2])
     warnings = fusion.weight_warnings(weights)
     if zeroed == 0 and params.theta > 0:
@@ -204,9 +208,9 @@ def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusi
         "layer": e.layer,
         "class_index": e.target,
         "class_name": model.class_names[e.target],
-        "probability": float(probs[e.target]),
-        "top5": [{"index": int(i), "name": model.class_names[int(i)], "probability": float(p)}
-                 for p, i in zip(top.values, top.indices, strict=True)],
+        "probability": probability,
+        "top5": [{"index": index, "name": model.class_names[index], "probability": p}
+                 for index, p in e.top_predictions(5)],
         "params": {"theta": params.theta, "strength": params.strength, "weights": params.weights,
                    "baseline": e.baseline_kind, "gradient_method": params.gradient_method,
                    "region_method": e.region_method, "top_k": e.top_k},

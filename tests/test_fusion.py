@@ -41,6 +41,13 @@ def test_denoise_threshold_is_numpy_percentile_and_counts_zeroed_pixels() -> Non
     assert zeroed == int(((~kept) & (grad.numpy() != 0)).sum())
 
 
+@pytest.mark.parametrize("theta", [0, 10, 12.5, 33.3, 50, 99.9, 100])
+def test_threshold_equals_numpy_percentile_for_batched_maps(theta: float) -> None:
+    maps = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(2))
+    expected = np.percentile(maps.numpy().astype(np.float64).reshape(3, -1), theta, axis=1)
+    np.testing.assert_allclose(fusion.denoise_threshold(maps, theta).numpy(), expected, atol=1e-7)
+
+
 def test_denoise_is_a_no_op_when_more_than_theta_percent_are_zero() -> None:
     grad = ramp()
     grad[:3] = 0                                    # half the pixels are zero, θ = 20
