@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import GradCAM, ScoreCAM
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from fusioncam import Explanation, LoadedModel, explain, load_model
@@ -36,11 +36,16 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-def test_gradcam_equals_pytorch_grad_cam(oracle_model: LoadedModel, cat_explanation: Explanation) -> None:
-    x = cat_explanation.evidence.x[None]
-    with GradCAM(model=oracle_model.module, target_layers=[oracle_model.module.bn2]) as cam:
-        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(cat_explanation.evidence.target)])[0]
-    np.testing.assert_allclose(cat_explanation.maps["gradcam"], theirs, atol=1e-6)
+@pytest.mark.parametrize(("method", "oracle"), [("gradcam", GradCAM), ("gradcam++", GradCAMPlusPlus),
+                                                ("xgradcam", XGradCAM), ("layercam", LayerCAM)])
+def test_gradient_maps_equal_pytorch_grad_cam(oracle_model: LoadedModel, cat_explanation: Explanation,
+                                              method: str, oracle: type) -> None:
+    e = cat_explanation.evidence
+    with oracle(model=oracle_model.module, target_layers=[oracle_model.module.bn2]) as cam:
+        theirs = cam(input_tensor=e.x[None], targets=[ClassifierOutputTarget(e.target)])[0]
+    np.testing.assert_allclose(e.gradient_map(method).numpy(), theirs, atol=1e-5)
+    if method == "gradcam":
+        np.testing.assert_allclose(cat_explanation.maps["gradcam"], theirs, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
