@@ -15,11 +15,14 @@ from fusioncam.baselines import BASELINES
 from fusioncam.explain import DEFAULT_TOP_K, MAP_NAMES, REGION_METHODS
 from fusioncam.fusion import WEIGHT_MODES
 from fusioncam.gradient import GRADIENT_METHODS
+from fusioncam.metrics import DEFAULT_STEPS
 from fusioncam.models import BUNDLED
 from fusioncam.render import COLORMAPS
 from fusioncam.ui import handlers, text
 from fusioncam.ui.catalog import DEFAULT_LAYER, MODEL_CHOICES, MODELS, TOP_CLASS
-from fusioncam.ui.inputs import plain_upload_errors
+from fusioncam.ui.compute import MAX_STEPS
+from fusioncam.ui.faithfulness import HEADERS as FAITHFULNESS_HEADERS
+from fusioncam.ui.inputs import undecoded_upload
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES = sorted(str(path) for path in ASSETS.glob("*.jpg"))
@@ -34,6 +37,11 @@ MAP_CAPTIONS = {
 CSS = """
 #map-fusion { border: 2px solid var(--color-accent); }
 """
+QUEUE_SIZE = 32             # waiting requests beyond this are refused: the page says the app is busy
+SESSION_TTL_S = 3600        # a session's evidence is dropped an hour after its last change
+# Passed to ``launch`` (here and by the tests): uploads over 25 MB are refused before any handler runs, and
+# at most 256 sessions are kept in memory (the oldest dropped first; each keeps at most a few MB).
+LAUNCH_OPTIONS = {"max_file_size": "25mb", "state_session_capacity": 256, "show_error": True}
 
 
 def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
@@ -41,9 +49,9 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
     ui: dict[str, gr.components.Component] = {"session": session}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            ui["image"] = plain_upload_errors(gr.Image(label="Your image", type="filepath",
-                                                       sources=["upload", "clipboard", "webcam"],
-                                                       elem_id="input-image", height=280))
+            ui["image"] = undecoded_upload(gr.Image(label="Your image", type="filepath",
+                                                    sources=["upload", "clipboard", "webcam"],
+                                                    elem_id="input-image", height=280))
             gr.Examples(EXAMPLES, inputs=ui["image"], label="Examples (click one)")
             ui["run"] = gr.Button("Explain", variant="primary", elem_id="run")
             ui["model"] = gr.Dropdown(MODEL_CHOICES, value=BUNDLED, label="Model", allow_custom_value=True,
@@ -128,20 +136,44 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
     ui["export"].click(handlers.export, ui["session"], ui["download"], api_name="export")
 
 
-def build_demo() -> gr.Blocks:
-    """The whole page. Further tabs (e.g. "Faithfulness") go inside the ``gr.Tabs`` beside "Explain"."""
+def faithfulness_tab(session: gr.State) -> None:
+    """The "Faithfulness" tab: on request, score every map of the current explanation."""
+    gr.Markdown(text.FAITHFULNESS_INTRO)
+    with gr.Row(equal_height=False):
+        steps = gr.Slider(8, MAX_STEPS, value=DEFAULT_STEPS, step=8, label="Curve steps",
+                          info="More steps draw finer curves; each step costs two network passes per map.",
+                          elem_id="faithfulness-steps")
+        extra = gr.CheckboxGroup([method for method in GRADIENT_METHODS if method != "gradcam"], value=[],
+                                 label="Also score these gradient methods", elem_id="faithfulness-extra")
+    run = gr.Button("Score every map", variant="primary", elem_id="faithfulness-run")
+    status = gr.Markdown("Explain an image on the Explain tab, then press the button.", elem_id="faithfulness-status")
+    table = gr.Dataframe(headers=list(FAITHFULNESS_HEADERS), interactive=False, label="Faithfulness of each map",
+                         elem_id="faithfulness-table")
+    with gr.Row(equal_height=True):
+        deletion = gr.Plot(label="Deletion curves", elem_id="deletion-curves")
+        insertion = gr.Plot(label="Insertion curves", elem_id="insertion-curves")
+    run.click(handlers.faithfulness, [session, steps, extra], [status, table, deletion, insertion],
+              api_name="faithfulness", concurrency_id="explain", concurrency_limit=2,
+              show_progress_on=[table])
+
+
+def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The whole page: the "Explain" and "Faithfulness" tabs sharing one per-session state, and a
+    bounded queue (``queue_size`` waiting requests at most)."""
     with gr.Blocks(title="Fusion-CAM explorer", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(None, time_to_live=6 * 3600)
+        session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown(text.INTRO)
-        with gr.Tabs(elem_id="tabs"):  # noqa: SIM117 (more tabs are added beside this one)
+        with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Explain", id="explain"):
                 wire_explain_tab(explain_tab(session))
-    demo.queue(max_size=32, default_concurrency_limit=2)
+            with gr.Tab("Faithfulness", id="faithfulness"):
+                faithfulness_tab(session)
+    demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo
 
 
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size="25mb",
-                theme=gr.themes.Soft(), css=CSS, show_error=True)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), theme=gr.themes.Soft(), css=CSS,
+                **LAUNCH_OPTIONS)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from fusioncam.models import BUNDLED, LoadedModel, load_model
+from fusioncam.models import BUNDLED, LoadedModel, ModelError, load_model
 
 MODEL_CHOICES: list[tuple[str, str]] = [
     ("EfficientNet-Lite0 (bundled, works offline)", BUNDLED),
@@ -19,6 +20,9 @@ MODEL_CHOICES: list[tuple[str, str]] = [
 ]
 TOP_CLASS = "top"           # target-class value meaning "the model's top prediction"
 DEFAULT_LAYER = "default"   # layer value meaning "the model's default target layer"
+MAX_NAME = 100              # longest model spec or layer name accepted from a user
+MODEL_SPEC = re.compile(r"(?:timm|torchvision):[A-Za-z0-9_.\-]+|[A-Za-z0-9_]+")
+LAYER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 
 
 class ModelCache:
@@ -39,7 +43,10 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, spec: str) -> LoadedModel:
-        """The loaded model for ``spec``, loading it (and evicting the oldest) when needed."""
+        """The loaded model for ``spec``, loading it (and evicting the oldest) when needed.
+
+        A spec that cannot be loaded leaves nothing behind (no cache entry, no loading lock).
+        """
         spec = spec.strip()
         with self._lock:
             if spec in self._models:
@@ -50,13 +57,21 @@ class ModelCache:
             with self._lock:
                 if spec in self._models:
                     return self._models[spec]
-            model = self._loader(spec)
-            with self._lock:
-                self._models[spec] = model
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
-                self._loading.pop(spec, None)
+            try:
+                model = self._loader(spec)
+                with self._lock:
+                    self._models[spec] = model
+                    while len(self._models) > self.capacity:
+                        self._models.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._loading.pop(spec, None)
             return model
+
+    def pending(self) -> int:
+        """How many specs are being loaded right now (0 when idle: failed loads leave no lock)."""
+        with self._lock:
+            return len(self._loading)
 
     def loaded(self) -> list[str]:
         """Names of the cached models, least recently used first."""
@@ -65,6 +80,20 @@ class ModelCache:
 
 
 MODELS = ModelCache(capacity=2)
+
+
+def parse_model(value: str | None) -> str:
+    """A model value as a registry spec: the bundled name, ``timm:NAME`` or ``torchvision:NAME``.
+
+    Only the shape is checked here (a short name of letters, digits, ``_ . -``); whether timm or
+    torchvision knows the name is the registry's call. Anything else is a plain ``ModelError``,
+    so no user text longer or stranger than a model name travels further.
+    """
+    spec = (value or BUNDLED).strip()
+    if len(spec) > MAX_NAME or not MODEL_SPEC.fullmatch(spec):
+        shown = spec if len(spec) <= 40 else spec[:40] + "…"
+        raise ModelError(f"Unknown model {shown!r}: use {BUNDLED!r}, 'timm:NAME' or 'torchvision:NAME'.")
+    return spec
 
 
 def layer_choices(model: LoadedModel) -> list[tuple[str, str]]:
@@ -104,7 +133,17 @@ def parse_target(value: str | int | None, class_names: list[str]) -> int | None:
 
 
 def parse_layer(value: str | None) -> str | None:
-    """A layer value as a layer name (``None``: the model's default layer)."""
+    """A layer value as a dotted layer name (``None``: the model's default layer).
+
+    Only the shape is checked here (dot-separated names of letters, digits and ``_``, no
+    ``__dunder__`` part); whether the model has that submodule is
+    :meth:`LoadedModel.resolve_layer`'s call.
+    """
     if value is None or value.strip() in ("", DEFAULT_LAYER):
         return None
-    return value.strip()
+    name = value.strip()
+    dunder = any(part.startswith("__") and part.endswith("__") for part in name.split("."))
+    if len(name) > MAX_NAME or not LAYER_NAME.fullmatch(name) or dunder:
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise ModelError(f"{shown!r} is not a layer name: pick a layer from the list (e.g. 'bn2' or 'blocks.6').")
+    return name

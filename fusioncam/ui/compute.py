@@ -9,18 +9,20 @@ decorator is a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from fusioncam.backend import gpu_decorator
-from fusioncam.explain import Evidence, FusionParams, capture_evidence, derive, score_regions
+from fusioncam.explain import Evidence, Explanation, FusionParams, capture_evidence, derive, score_regions
 
 from .catalog import MODELS
+from .faithfulness import FaithfulnessView, score_explanation
 
 Derived = tuple[Evidence, dict[str, np.ndarray], dict[str, Any]]
+MAX_STEPS = 224   # the most deletion/insertion steps the page offers (each step is 2 forwards a map)
 
 
 @gpu_decorator(duration=60)
@@ -46,3 +48,12 @@ def refuse(spec: str, evidence: Evidence, params: FusionParams) -> Derived:
     """Re-fusion from kept evidence: no Score-CAM, at most two scoring forwards for a new θ."""
     [explanation] = derive(MODELS.get(spec), [evidence], params.validated())
     return evidence, explanation.maps, explanation.report
+
+
+@gpu_decorator(duration=120)
+def faithfulness(spec: str, evidence: Evidence, params: FusionParams, maps: dict[str, np.ndarray],
+                 report: dict[str, Any], extra_methods: Sequence[str], n_steps: int,
+                 progress: Callable[[float, str], None] | None = None) -> FaithfulnessView:
+    """Faithfulness of every map shown (and ``extra_methods``): batched deletion/insertion passes."""
+    explanation = Explanation(MODELS.get(spec), evidence, params, maps, report)
+    return score_explanation(explanation, extra_methods, n_steps, progress)

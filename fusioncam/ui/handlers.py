@@ -4,48 +4,91 @@ Output order contracts (``app.py`` lists its components in the same order):
 
 - :data:`EXPLAIN_OUTPUTS` for :func:`explain`, :func:`explain_new_image`, :func:`explain_new_model`
   and :func:`clear`;
-- :data:`REFINE_OUTPUTS` for :func:`refine`.
+- :data:`REFINE_OUTPUTS` for :func:`refine`;
+- :data:`FAITHFULNESS_OUTPUTS` for :func:`faithfulness`.
+
+Every failure reaches the page as one plain sentence (a ``gr.Error``), never a stack trace.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+import pandas as pd
+import torch
 
 from fusioncam.capture import CaptureError
 from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
 from fusioncam.images import load_image
-from fusioncam.models import BUNDLED
 
 from . import compute, figures, text
-from .catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, class_choices, layer_choices, parse_layer, parse_target
+from .catalog import (
+    DEFAULT_LAYER,
+    MODELS,
+    TOP_CLASS,
+    class_choices,
+    layer_choices,
+    parse_layer,
+    parse_model,
+    parse_target,
+)
 from .export import export_zip
-from .session import Request, Session, display_image, file_digest
+from .faithfulness import HEADERS
+from .session import KEPT_SIDE, Request, Session, display_image, file_digest
 
 EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover",
                    "report", "target-class", "layer")
 REFINE_OUTPUTS = ("session", "summary", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover", "report")
+FAITHFULNESS_OUTPUTS = ("faithfulness-status", "faithfulness-table", "deletion-curves", "insertion-curves")
 NO_IMAGE = "Please upload an image first (or click one of the examples below it)."
+NOTHING_TO_SCORE = "Explain an image first (on the Explain tab); then its maps can be scored here."
+OUT_OF_MEMORY = ("The server ran out of memory for this request; please try again in a minute, "
+                 "or with a smaller image or the bundled model.")
+UNEXPECTED = "Something went wrong on the server while handling this request; please try again."
 EXPORT_DIR = Path(tempfile.gettempdir()) / "fusioncam-exports"
 EXPORT_MAX_AGE_S = 3600
 PROGRESS = gr.Progress()   # Gradio finds the progress bar by this default value
+LOG = logging.getLogger(__name__)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (Python, CUDA, or PyTorch's CPU allocator)."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("out of memory", "can't allocate memory"))
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the library's plain-sentence errors into a ``gr.Error`` the page shows; the app keeps serving."""
+def user_errors(title: str = "Cannot explain this") -> Iterator[None]:
+    r"""Turn every failure into a ``gr.Error`` with one plain sentence; the app keeps serving.
+
+    The library's own errors (``InputError``, ``ModelError``: ``ValueError``\ s; ``CaptureError``)
+    already are plain sentences. Running out of memory frees the CUDA cache and says so; anything
+    else is logged with its traceback on the server and reported as a generic sentence.
+    """
     try:
         yield
-    except (ValueError, CaptureError) as error:   # InputError and ModelError are ValueErrors
-        raise gr.Error(str(error), title="Cannot explain this") from None
+    except gr.Error:
+        raise
+    except (ValueError, CaptureError) as error:
+        raise gr.Error(str(error), title=title) from None
+    except Exception as error:
+        if _out_of_memory(error):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise gr.Error(OUT_OF_MEMORY, title="Out of memory") from None
+        LOG.exception("unexpected error in a page event")
+        raise gr.Error(UNEXPECTED, title=title) from None
 
 
 def _finished(session: Session) -> tuple:
@@ -70,7 +113,7 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         if not image:
             raise ValueError(NO_IMAGE)
         picture = load_image(image)
-        spec = (model_spec or BUNDLED).strip()
+        spec = parse_model(model_spec)
         progress(0, desc=f"Loading model {spec}…")
         model = MODELS.get(spec)
         target_index, layer_name = parse_target(target, model.class_names), parse_layer(layer)
@@ -84,6 +127,7 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
 
         progress(0.02, desc="Grad-CAM: one pass through the network…")
         evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
+        evidence.image = display_image(picture, KEPT_SIDE)   # the session keeps a bounded copy
         display = display_image(picture)
         top5 = text.early_top5(evidence, model.class_names)
         preview = gradient_preview(evidence, params.theta, params.gradient_method)
@@ -168,9 +212,31 @@ def export(session: Session | None) -> str:
     """The path of a zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
     if session is None:
         raise gr.Error("Explain an image first; then the download holds its maps and report.")
-    EXPORT_DIR.mkdir(exist_ok=True)
-    for old in EXPORT_DIR.iterdir():
-        if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
-            shutil.rmtree(old, ignore_errors=True)
-    explanation = session.explanation(MODELS.get(session.request.model))
-    return str(export_zip(explanation, EXPORT_DIR, session.colormap, session.opacity))
+    with user_errors("Cannot prepare the download"):
+        EXPORT_DIR.mkdir(exist_ok=True)
+        for old in EXPORT_DIR.iterdir():
+            if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        explanation = session.explanation(MODELS.get(session.request.model))
+        return str(export_zip(explanation, EXPORT_DIR, session.colormap, session.opacity))
+
+
+def faithfulness(session: Session | None, steps: float, extra_methods: Sequence[str] | None,
+                 progress: gr.Progress = PROGRESS) -> tuple:
+    """Score every map of the session's current explanation (plus ``extra_methods``): the
+    :data:`FAITHFULNESS_OUTPUTS` values, a status line, the table and the two curve charts."""
+    if session is None:
+        raise gr.Error(NOTHING_TO_SCORE, title="Nothing to score yet")
+    with user_errors("Cannot score these maps"):
+        n_steps = round(steps)
+        if not 1 <= n_steps <= compute.MAX_STEPS:
+            raise ValueError(f"The number of curve steps must be 1–{compute.MAX_STEPS}, got {steps}.")
+        progress(0, desc="Scoring every map…")
+
+        def report_progress(fraction: float, label: str) -> None:
+            progress(fraction, desc=f"Faithfulness: {label}")
+
+        view = compute.faithfulness(session.request.model, session.evidence, session.params, session.maps,
+                                    session.report, tuple(extra_methods or ()), n_steps, report_progress)
+    return (text.faithfulness_status(session.report, view.probability, n_steps),
+            pd.DataFrame(view.rows, columns=HEADERS), view.deletion, view.insertion)

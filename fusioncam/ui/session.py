@@ -13,7 +13,8 @@ from PIL import Image
 from fusioncam.explain import Evidence, Explanation, FusionParams
 from fusioncam.models import LoadedModel
 
-DISPLAY_SIDE = 640   # overlays shown in the page are drawn at most this large; the export is full size
+DISPLAY_SIDE = 640   # overlays shown in the page are drawn at most this large
+KEPT_SIDE = 1024     # the image a session keeps (hover view, export) is at most this large: ≤ 3 MB a session
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,17 @@ model would look at for it.
 
 WAITING = "Upload an image or click an example to start; the maps appear in a few seconds."
 
+FAITHFULNESS_INTRO = """
+**Does the map really show what the model used?** A heat map can look convincing and still be wrong, so
+this tab tests each map against the model itself. *Drop* keeps only the parts of the image a map
+highlights and measures how much the model's confidence falls (lower is better); *Confidence up* says
+whether that cut-out made the model even more sure. *Deletion* removes the pixels the map ranks most
+important first, a little at a time: if the map is right, the confidence collapses quickly and the area
+under the curve is small. *Insertion* starts from a blurred image and puts the most important pixels
+back first: a good map makes the confidence climb fast, so a larger area is better. The numbers judge
+the maps of **this** image and class; try a few images before drawing conclusions.
+"""
+
 
 def top5_label(top5: list[dict[str, Any]]) -> dict[str, float]:
     """Top-5 entries (``index``, ``name``, ``probability``) as ``{label: probability}`` for ``gr.Label``."""
@@ -79,3 +90,11 @@ def summary(report: dict[str, Any]) -> str:
     ]
     lines += [f"> ⚠️ {warning}" for warning in report["warnings"]]
     return "\n\n".join(lines)
+
+
+def faithfulness_status(report: dict[str, Any], probability: float, n_steps: int) -> str:
+    """Which explanation the faithfulness scores belong to (so an older result is recognisable)."""
+    params = report["params"]
+    return (f"Scores for **{report['class_name']}** (class {report['class_index']}) on model `{report['model']}`, "
+            f"p(x) = {probability:.1%} · θ = {params['theta']:g}, λ = {params['strength']:g}, "
+            f"{params['weights']} weights · {n_steps} deletion/insertion steps.")
