@@ -122,8 +122,9 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
              "concurrency_limit": 2, "trigger_mode": "always_last",
              "show_progress_on": [ui[f"map-{name}"] for name in MAP_NAMES[2:]]}
     events = [
-        gr.on([ui["run"].click, ui["target-class"].input, ui["layer"].input, ui["baseline"].input,
-               ui["region-method"].input, ui["top-k"].change], handlers.explain, api_name="explain", **heavy),
+        ui["run"].click(handlers.explain, api_name="explain", **heavy),
+        gr.on([ui["target-class"].input, ui["layer"].input, ui["baseline"].input, ui["region-method"].input,
+               ui["top-k"].change], handlers.explain_changed_option, api_visibility="private", **heavy),
         ui["image"].change(handlers.explain_new_image, api_visibility="private", **heavy),
         ui["model"].input(handlers.explain_new_model, api_visibility="private", **heavy),
     ]

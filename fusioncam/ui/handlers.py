@@ -2,8 +2,8 @@
 
 Output order contracts (``app.py`` lists its components in the same order):
 
-- :data:`EXPLAIN_OUTPUTS` for :func:`explain`, :func:`explain_new_image`, :func:`explain_new_model`
-  and :func:`clear`;
+- :data:`EXPLAIN_OUTPUTS` for :func:`explain`, :func:`explain_new_image`, :func:`explain_changed_option`,
+  :func:`explain_new_model` and :func:`clear`;
 - :data:`REFINE_OUTPUTS` for :func:`refine`;
 - :data:`FAITHFULNESS_OUTPUTS` for :func:`faithfulness`.
 
@@ -155,6 +155,19 @@ def explain_new_image(image: str | None, model_spec: str, target: str | int | No
         yield clear()
         return
     yield from explain(image, model_spec, TOP_CLASS, layer, theta, strength, weights, baseline, gradient_method,
+                       region_method, top_k, colormap, opacity, session, progress)
+
+
+def explain_changed_option(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
+                           theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
+                           region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
+                           progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+    """A class, layer, baseline or region option changed: explain again, or nothing (no error) before
+    there is an image: setting options first is fine."""
+    if not image:
+        yield tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
+        return
+    yield from explain(image, model_spec, target, layer, theta, strength, weights, baseline, gradient_method,
                        region_method, top_k, colormap, opacity, session, progress)
 
 
