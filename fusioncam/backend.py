@@ -13,11 +13,13 @@ F = TypeVar("F", bound=Callable)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# Masked inputs per forward on CPU. Measured with benchmarks/scorecam.py (bundled model,
-# channels_last, 224², 2-core AMD EPYC): throughput peaks around batch 4–8 and falls past 16
-# (activations stop fitting in cache), so 8 is kept as a fixed choice; timing candidates at run
-# time would cost more forward passes than the difference saves on a busy CPU.
-CPU_CHUNK = 8
+# Masked inputs per forward on CPU. Bundled model, channels_last, 224², 2-core AMD EPYC shared
+# with other jobs (best-of-repeats images/s; three separate measurements): batch 1/4/8/16/32 →
+# 68/80/60/52/28 (benchmarks/scorecam.py, 1 thread); batch 4/8/16/32 → 207/122/119/72 and
+# 8/16/32 → 159/122/83 (2 threads). Throughput peaks at 4–8 and falls past 16 as activations
+# leave the cache, so 4 is a fixed choice (any chunk gives the same scores): a tuning pass per
+# run would cost extra forwards and, on a busy CPU, its timings would mostly measure the noise.
+CPU_CHUNK = 4
 GPU_BYTES_PER_SAMPLE = 64e6  # per-sample activation budget when no module is given to measure
 GPU_MEMORY_SHARE = 0.5       # share of the free GPU memory one chunk of masked passes may use
 GPU_MAX_CHUNK = 512
