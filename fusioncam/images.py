@@ -46,7 +46,8 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(handle)  # type: ignore[arg-type]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{label} is too large: more than {MAX_PIXELS // 1_000_000} megapixels.") from None
+        raise InputError(f"{label} is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit; "
+                         "please send a smaller one.") from None
     except UnidentifiedImageError:
         raise InputError(f"{label} is not an image format that can be read "
                          "(PNG, JPEG, WebP, GIF, BMP, TIFF …).") from None

@@ -114,7 +114,7 @@ def test_export_zip_holds_maps_overlays_and_report(client: Any, explained: dict[
     (lambda d: None, "upload an image"),
     (lambda d: d.joinpath("notes.png").write_text("not an image") and d / "notes.png", "not an image format"),
     (lambda d: Image.new("RGB", (1, 1)).save(d / "dot.png") or d / "dot.png", "only 1×1 px"),
-    (lambda d: d.joinpath("huge.png").write_bytes(png_header_only(20000, 20000)) and d / "huge.png", "too large"),
+    (lambda d: d.joinpath("huge.png").write_bytes(png_header_only(20000, 20000)) and d / "huge.png", "megapixel limit"),
 ])
 def test_bad_images_get_a_plain_message_and_the_app_keeps_serving(client: Any, explained: dict[str, Any],
                                                                     tmp_path: Path, make: Any, message: str) -> None:
