@@ -8,6 +8,7 @@ new θ (or gradient method) at most two batch-1 forwards (the denoised and combi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,20 +168,23 @@ def derive(model: LoadedModel, evidences: list[Evidence], params: FusionParams,
     with model.lock:
         _probabilities(model, evidences, [(i, den_key, den) for i, (den, _) in enumerate(denoised)]
                        + [(i, reg_key, reg) for i, reg in enumerate(regions)], chunk_size)
-    combined, hats = [], []
+    combined, hats, comb_keys = [], [], []
     for e, (den, _), reg in zip(evidences, denoised, regions, strict=True):
         beta_den = e.probabilities[den_key] - e.baseline_probability
         beta_reg = e.probabilities[reg_key] - e.baseline_probability
         hat = fusion.contribution_weights(beta_den, beta_reg, mode)
         hats.append((beta_den, beta_reg, *hat))
         combined.append(fusion.combine(den, reg, *hat))
-    comb_key = ("combined", method, theta, mode != "raw")
+        # N(·) ignores a positive scale, so every mode whose β̂ are the raw β times a positive
+        # number yields the same combined map: key it by the sign of that scale.
+        comb_keys.append(("combined", method, theta, math.copysign(1.0, hat[0] * beta_den + hat[1] * beta_reg)))
     with model.lock:
-        _probabilities(model, evidences, [(i, comb_key, comb) for i, comb in enumerate(combined)], chunk_size)
+        _probabilities(model, evidences, [(i, key, comb) for i, (key, comb) in enumerate(
+            zip(comb_keys, combined, strict=True))], chunk_size)
 
     explanations = []
-    rows = zip(evidences, grads, denoised, regions, combined, hats, strict=True)
-    for e, grad, (den, zeroed), reg, comb, hat in rows:
+    rows = zip(evidences, grads, denoised, regions, combined, hats, comb_keys, strict=True)
+    for e, grad, (den, zeroed), reg, comb, hat, comb_key in rows:
         beta_den, beta_reg, den_hat, reg_hat = hat
         beta_comb = e.probabilities[comb_key] - e.baseline_probability
         gamma_comb, gamma_reg = fusion.fusion_weights(beta_comb, beta_reg, reg_hat, mode)
@@ -275,13 +279,14 @@ def capture_evidence(model: LoadedModel, images: list[Image.Image], target: int 
 
 def score_regions(model: LoadedModel, evidences: list[Evidence], region_method: str = "scorecam",
                   top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> None:
+                  progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> None:
     """Stage 2, the Score-CAM masked passes for every evidence at once (filled in place).
 
     ``region_method="scorecam-topk"`` scores only the ``top_k`` channels with the largest
-    Grad-CAM weights (default 128); ``progress(done, total)`` is called after each chunk.
+    Grad-CAM weights (default 128); ``progress(done, total)`` is called after each chunk;
+    ``precision="bf16"``/``"fp16"`` runs the masked passes under autocast (approximate, opt-in).
     """
-    from .backend import auto_chunk_size
+    from .backend import auto_chunk_size, to_device
 
     if region_method not in REGION_METHODS:
         raise ValueError(f"unknown region method {region_method!r}; choose one of {', '.join(REGION_METHODS)}")
@@ -290,17 +295,18 @@ def score_regions(model: LoadedModel, evidences: list[Evidence], region_method: 
     elif top_k is None or top_k < 1:
         top_k = DEFAULT_TOP_K
     device = model.device
-    x = torch.stack([e.x for e in evidences]).to(device)
-    xb = torch.stack([e.baseline for e in evidences]).to(device)
-    activations = torch.stack([e.activations for e in evidences]).to(device)
+    x = to_device(torch.stack([e.x for e in evidences]), device)
+    xb = to_device(torch.stack([e.baseline for e in evidences]), device)
+    activations = to_device(torch.stack([e.activations for e in evidences]), device)
     targets = torch.tensor([e.target for e in evidences], device=device)
     selected = None
     if top_k is not None:
         selected = top_k_channels(torch.stack([e.gradients for e in evidences]).mean(dim=(-2, -1)), top_k)
-    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]))
+    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]), model, precision)
     with model.lock:
         started = time.perf_counter()
-        region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress)
+        region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress,
+                                precision=precision)
         base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, targets[:, None]).squeeze(1).cpu()
         seconds = (time.perf_counter() - started) / len(evidences)
     scores, masked, flat = region.scores.cpu(), region.masked_passes.tolist(), region.flat_channels.tolist()
@@ -321,12 +327,13 @@ def gradient_preview(evidence: Evidence, theta: float = 10.0, method: str = "gra
 def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: int | list[int | None] | None = None,
             layer: str | None = None, theta: float = 10, strength: float = 1.0, weights: str = "reference",
             baseline: str = "mean", gradient_method: str = "gradcam", region_method: str = "scorecam",
-            top_k: int | None = None, chunk_size: int | None = None, crop: bool = False,
+            top_k: int | None = None, chunk_size: int | None = None, crop: bool = False, precision: str = "fp32",
             ) -> Explanation | list[Explanation]:
     """Explain ``model``'s decision for ``target`` (default: the top-1 class) on ``image``.
 
     ``image`` is a path, bytes, PIL image or array — or a list of them, with one target each
     (or ``None``); a list returns a list of explanations equal to one-by-one runs.
+    ``precision`` other than ``fp32`` speeds up the Score-CAM passes under autocast, approximately.
     """
     params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
     batch = isinstance(image, list)
@@ -334,6 +341,6 @@ def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: 
     if not images:
         raise ValueError("no images to explain")
     evidences = capture_evidence(model, images, target, layer, baseline, crop)
-    score_regions(model, evidences, region_method, top_k, chunk_size)
+    score_regions(model, evidences, region_method, top_k, chunk_size, precision=precision)
     explanations = derive(model, evidences, params, chunk_size or 16)
     return explanations if batch else explanations[0]

@@ -144,7 +144,7 @@ def score_maps(model: LoadedModel, x: torch.Tensor, maps: Mapping[str, torch.Ten
     stacked = torch.stack([torch.as_tensor(m, dtype=torch.float32) for m in maps.values()]).to(device)
     if stacked.shape[1:] != x.shape[1:]:
         raise ValueError(f"maps of shape {tuple(stacked.shape[1:])} do not match the input's {tuple(x.shape[1:])}")
-    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape))
+    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape), model)
     if chunk < 1:
         raise ValueError(f"chunk size must be ≥ 1, got {chunk}")
     counts = step_counts(x[0].numel(), n_steps)

@@ -114,6 +114,9 @@ def test_strength_and_weight_mode_changes_run_no_network(tiny_model: LoadedModel
     assert not np.array_equal(stronger.maps["agreement"], exp.maps["agreement"])
     exp.refuse(weights="normalized")
     assert tiny_model.forwarded_images == before
+    if exp.report["betas"]["denoised"] + exp.report["betas"]["region"] > 0:
+        exp.refuse(weights="raw")      # a positive rescale of the same combined map: no forward
+        assert tiny_model.forwarded_images == before
     exp.refuse(theta=35)
     assert tiny_model.forwarded_images - before <= 2          # denoised + combined
     np.testing.assert_array_equal(exp.refuse(theta=35).maps["fusion"], exp.refuse(theta=35).maps["fusion"])
