@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -187,12 +188,25 @@ def _timm_weights_cached(name: str) -> bool:
                for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
-def load_timm(name: str, pretrained: bool = True) -> LoadedModel:
+def _check_size(spec: str, build: Callable[[], nn.Module], max_parameters: int | None) -> None:
+    """Refuse a model with more than ``max_parameters`` parameters, counted on the meta device
+    (no memory, no download) before anything is fetched."""
+    if max_parameters is None:
+        return
+    with torch.device("meta"):
+        count = sum(parameter.numel() for parameter in build().parameters())
+    if count > max_parameters:
+        raise ModelError(f"{spec} has {count / 1e6:.0f} M parameters, more than the limit of "
+                         f"{max_parameters / 1e6:.0f} M here")
+
+
+def load_timm(name: str, pretrained: bool = True, max_parameters: int | None = None) -> LoadedModel:
     """A timm model with its own preprocessing config (weights fetched on first use)."""
     import timm
 
     if name not in timm.list_models(pretrained=False) and name not in timm.list_models(pretrained=True):
         raise ModelError(f"timm has no model named {name!r}")
+    _check_size(f"timm:{name}", lambda: timm.create_model(name, pretrained=False), max_parameters)
     if pretrained and not _timm_weights_cached(name):
         _require_download(f"timm:{name}", "huggingface.co")
     try:
@@ -208,12 +222,13 @@ def load_timm(name: str, pretrained: bool = True) -> LoadedModel:
                        mean=tuple(config["mean"]), std=tuple(config["std"]), class_names=classes)
 
 
-def load_torchvision(name: str, pretrained: bool = True) -> LoadedModel:
+def load_torchvision(name: str, pretrained: bool = True, max_parameters: int | None = None) -> LoadedModel:
     """A torchvision classification model with its ImageNet categories (weights fetched on first use)."""
     from torchvision import models as tv_models
 
     if name not in tv_models.list_models(module=tv_models):
         raise ModelError(f"torchvision has no classification model named {name!r}")
+    _check_size(f"torchvision:{name}", lambda: tv_models.get_model(name, weights=None), max_parameters)
     weights = tv_models.get_model_weights(name).DEFAULT
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if pretrained and not os.path.isfile(cached):
@@ -231,21 +246,22 @@ def load_torchvision(name: str, pretrained: bool = True) -> LoadedModel:
 
 
 def load_model(spec: str | LoadedModel = BUNDLED, device: str = "auto", pretrained: bool = True,
-               channels_last: bool = True) -> LoadedModel:
+               channels_last: bool = True, max_parameters: int | None = None) -> LoadedModel:
     """Load ``efficientnet_lite0`` (bundled, offline), ``timm:NAME`` or ``torchvision:NAME`` onto
     ``device`` (``auto``: CUDA, else MPS, else CPU).
 
-    ``pretrained=False`` gives random weights (no download), for speed measurements.
+    ``pretrained=False`` gives random weights (no download), for speed measurements;
+    ``max_parameters`` refuses larger hub models before their weights are fetched.
     """
     from .backend import pick_device
 
     target_device = pick_device(device)
     if isinstance(spec, LoadedModel):
         return spec.to(target_device, channels_last)
-    return _load(spec, pretrained).to(target_device, channels_last)
+    return _load(spec, pretrained, max_parameters).to(target_device, channels_last)
 
 
-def _load(spec: str, pretrained: bool) -> LoadedModel:
+def _load(spec: str, pretrained: bool, max_parameters: int | None) -> LoadedModel:
     """The registry lookup behind :func:`load_model`."""
     if not isinstance(spec, str):
         raise ModelError(f"a model is named by a string, got {type(spec).__name__}")
@@ -254,7 +270,7 @@ def _load(spec: str, pretrained: bool) -> LoadedModel:
         return load_bundled()
     source, _, name = spec.partition(":")
     if source == "timm" and name:
-        return load_timm(name, pretrained)
+        return load_timm(name, pretrained, max_parameters)
     if source == "torchvision" and name:
-        return load_torchvision(name, pretrained)
+        return load_torchvision(name, pretrained, max_parameters)
     raise ModelError(f"unknown model {spec!r}: use {BUNDLED!r}, 'timm:NAME' or 'torchvision:NAME'")

@@ -67,3 +67,11 @@ def test_layer_errors_name_the_candidates(bundled_model: LoadedModel) -> None:
         bundled_model.resolve_layer("blocks.99")
     with pytest.raises(ModelError, match="non-empty string"):
         bundled_model.resolve_layer("")
+
+
+def test_hub_models_over_the_parameter_limit_are_refused_before_any_download(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_require_download", lambda *_: pytest.fail("tried to download"))
+    with pytest.raises(ModelError, match="has 61 M parameters, more than the limit of 50 M"):
+        load_model("torchvision:alexnet", max_parameters=50_000_000)
+    assert load_model("torchvision:alexnet", pretrained=False, max_parameters=100_000_000).name == "torchvision:alexnet"

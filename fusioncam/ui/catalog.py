@@ -24,6 +24,8 @@ MAX_NAME = 100              # longest model spec or layer name accepted from a u
 MODEL_SPEC = re.compile(r"(?:timm|torchvision):[A-Za-z0-9_.\-]+|[A-Za-z0-9_]+")
 LAYER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 
+MAX_PARAMETERS = 200_000_000   # hub models larger than this (ViT-L, ConvNeXt-XL …) are refused before download
+
 
 class ModelCache:
     """At most ``capacity`` loaded models, least recently used evicted first.
@@ -37,7 +39,7 @@ class ModelCache:
         if capacity < 1:
             raise ValueError("the model cache needs room for at least one model")
         self.capacity = capacity
-        self._loader = loader or (lambda spec: load_model(spec, device="auto"))
+        self._loader = loader or (lambda spec: load_model(spec, device="auto", max_parameters=MAX_PARAMETERS))
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
