@@ -23,7 +23,6 @@ DEFAULT_LAYER = "default"   # layer value meaning "the model's default target la
 MAX_NAME = 100              # longest model spec or layer name accepted from a user
 MODEL_SPEC = re.compile(r"(?:timm|torchvision):[A-Za-z0-9_.\-]+|[A-Za-z0-9_]+")
 LAYER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
-
 MAX_PARAMETERS = 200_000_000   # hub models larger than this (ViT-L, ConvNeXt-XL …) are refused before download
 
 
