@@ -73,6 +73,9 @@ def test_upload_run_tune_and_switch_class(page: Any, tmp_path: Path) -> None:
     strength.fill("4")
     strength.press("Enter")
     fused = wait_for_new_map(page, "fusion", fused)
+    # The summary may still show Gradio's pending timer ("0.0s") for a moment after the map lands.
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('model confidence')",
+                           timeout=SLOW_MS)
     assert page.locator("#summary").inner_text().split("\n")[0] == summary.split("\n")[0]
 
     choice = page.locator("#target-class input")
