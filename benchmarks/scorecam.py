@@ -33,6 +33,7 @@ from fusioncam import explain, load_model
 from fusioncam.backend import auto_chunk_size
 from fusioncam.explain import Evidence, capture_evidence, score_regions
 from fusioncam.images import load_image
+from fusioncam.metrics import score_maps
 from fusioncam.models import LoadedModel
 from fusioncam.region import region_map, score_channels
 
@@ -128,18 +129,36 @@ def run(args: argparse.Namespace) -> None:
             cam = region_map(acts[None], region.scores, tuple(x.shape[-2:]))[0].cpu().numpy()
             record(f"ours: Score-CAM {precision} autocast", seconds, passes + 1, peak(), correlation(cam, ours))
         time_refusion(model, ex, refusion, index, device)
+        approximations = {}
         for k in args.top_k:
             seconds, cam = timed(lambda e=e, k=k: (score_regions(model, [e], "scorecam-topk", k, chunk),
                                                    e.region_map().numpy())[1], device)
-            entry = topk.setdefault(k, {"s": [], "corr": []})
+            entry = topk.setdefault(k, {"s": [], "corr": [], "drop": [], "deletion": [], "insertion": []})
             entry["s"].append(seconds)
             entry["corr"].append(correlation(cam, ours))
+            approximations[k] = cam
+        if approximations:
+            record_topk_faithfulness(model, e, ours, approximations, topk)
         print(f"  image {index + 1}/{len(paths)} {path.name}: {passes} masked passes "
               f"({k_total - passes} of {k_total} channels flat)", flush=True)
 
     print("  measuring peak throughput…", flush=True)
     table = peak_throughput(model, device)
     report(args, model, layer_name, device, chunk, rows, table, refusion, topk)
+
+
+def record_topk_faithfulness(model: LoadedModel, e: Evidence, exact: np.ndarray, approximations: dict[int, np.ndarray],
+                             topk: dict[int, dict[str, list[float]]]) -> None:
+    """What the top-k approximation changes in the faithfulness metrics: top-k minus exact, per image,
+    for Average Drop (percentage points), Deletion AUC and Insertion AUC (112 steps)."""
+    maps = {"exact": exact, **{f"k{k}": cam for k, cam in approximations.items()}}
+    scores = score_maps(model, e.x, maps, e.target, e.baseline)
+    reference = scores["exact"]
+    for k in approximations:
+        approx = scores[f"k{k}"]
+        topk[k]["drop"].append(100 * (approx.drop - reference.drop))
+        topk[k]["deletion"].append(approx.deletion_auc - reference.deletion_auc)
+        topk[k]["insertion"].append(approx.insertion_auc - reference.insertion_auc)
 
 
 def time_refusion(model: LoadedModel, ex, refusion: dict[str, list[float]], index: int,
@@ -188,10 +207,15 @@ def report(args, model: LoadedModel, layer: str, device: torch.device, chunk: in
     for name, values in refusion.items():
         print(f"| {name} | {1000 * median(values):.1f} |")
     if topk:
-        print("\n| top-k mode | median s | × exact | min corr. with exact |\n|---|---:|---:|---:|")
+        print("\n| top-k mode | median s | × exact | min corr. with exact | Δ Average Drop (pp) | Δ Deletion AUC "
+              "| Δ Insertion AUC |\n|---|---:|---:|---:|---:|---:|---:|")
+        mean = statistics.fmean
         for k, entry in topk.items():
             seconds = median(entry["s"])
-            print(f"| k = {k} | {seconds:.2f} | {seconds / ours:.2f} | {min(entry['corr']):.4f} |")
+            print(f"| k = {k} | {seconds:.2f} | {seconds / ours:.2f} | {min(entry['corr']):.4f} "
+                  f"| {mean(entry['drop']):+.2f} | {mean(entry['deletion']):+.4f} | {mean(entry['insertion']):+.4f} |")
+        print("\nΔ: mean over images of top-k minus exact Score-CAM (lower is better for Average Drop and "
+              "Deletion, higher for Insertion).")
 
 
 def device_name(device: torch.device) -> str:
