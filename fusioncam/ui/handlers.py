@@ -16,7 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,43 +145,31 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         yield _finished(Session(request, evidence, params, maps, report, display, colormap, opacity))
 
 
-def explain_new_image(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
-                      theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
-                      region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
-                      progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
-    """A new image: explain its top prediction (the ``target`` shown for the old image is dropped),
-    or clear the page when the image was removed."""
-    if not image:
-        yield clear()
-        return
-    yield from explain(image, model_spec, TOP_CLASS, layer, theta, strength, weights, baseline, gradient_method,
-                       region_method, top_k, colormap, opacity, session, progress)
+def _explain_again(reset_target: bool, reset_layer: bool, clear_without_image: bool) -> Callable[..., Iterator[tuple]]:
+    """A handler that explains the current image again after an input changed, with the
+    ``target`` (and ``layer``) reset to the defaults when the change makes them stale; with no
+    image it clears the page (``clear_without_image``) or does nothing."""
+
+    def handler(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
+                theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
+                region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
+                progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        if not image:
+            yield clear() if clear_without_image else tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
+            return
+        yield from explain(image, model_spec, TOP_CLASS if reset_target else target,
+                           DEFAULT_LAYER if reset_layer else layer, theta, strength, weights, baseline,
+                           gradient_method, region_method, top_k, colormap, opacity, session, progress)
+
+    return handler
 
 
-def explain_changed_option(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
-                           theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
-                           region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
-                           progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
-    """A class, layer, baseline or region option changed: explain again, or nothing (no error) before
-    there is an image: setting options first is fine."""
-    if not image:
-        yield tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
-        return
-    yield from explain(image, model_spec, target, layer, theta, strength, weights, baseline, gradient_method,
-                       region_method, top_k, colormap, opacity, session, progress)
-
-
-def explain_new_model(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
-                      theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
-                      region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
-                      progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
-    """A new model: its default layer and top prediction (the old ``target`` and ``layer`` are
-    dropped); nothing to do before there is an image."""
-    if not image:
-        yield tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
-        return
-    yield from explain(image, model_spec, TOP_CLASS, DEFAULT_LAYER, theta, strength, weights, baseline,
-                       gradient_method, region_method, top_k, colormap, opacity, session, progress)
+#: A new image: explain its top prediction, or clear the page when the image was removed.
+explain_new_image = _explain_again(reset_target=True, reset_layer=False, clear_without_image=True)
+#: A class, layer, baseline or region option changed: explain again (nothing before an image).
+explain_changed_option = _explain_again(reset_target=False, reset_layer=False, clear_without_image=False)
+#: A new model: its default layer and top prediction (nothing before an image).
+explain_new_model = _explain_again(reset_target=True, reset_layer=True, clear_without_image=False)
 
 
 def clear() -> tuple:
