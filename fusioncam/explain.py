@@ -67,10 +67,12 @@ class Evidence:
             self.gradient_maps[method] = gradient_map(method, self.activations[None], self.gradients[None], size)[0]
         return self.gradient_maps[method]
 
-    def top_predictions(self, k: int = 5) -> list[tuple[int, float]]:
-        """The ``k`` most probable classes as ``(index, probability)``, most probable first."""
+    def top_predictions(self, class_names: list[str], k: int = 5) -> list[dict[str, Any]]:
+        """The ``k`` most probable classes, most probable first, as the report's ``top5`` entries
+        ``{"index", "name", "probability"}`` — available right after stage 1."""
         top = torch.softmax(self.logits.float(), dim=0).topk(min(k, len(self.logits)))
-        return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        return [{"index": index, "name": class_names[index], "probability": probability}
+                for index, probability in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
 
     def region_map(self) -> torch.Tensor:
         """``L_reg`` from the kept channel scores (cached)."""
@@ -213,8 +215,7 @@ def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusi
         "class_index": e.target,
         "class_name": model.class_names[e.target],
         "probability": probability,
-        "top5": [{"index": index, "name": model.class_names[index], "probability": p}
-                 for index, p in e.top_predictions(5)],
+        "top5": e.top_predictions(model.class_names),
         "params": {"theta": params.theta, "strength": params.strength, "weights": params.weights,
                    "baseline": e.baseline_kind, "gradient_method": params.gradient_method,
                    "region_method": e.region_method, "top_k": e.top_k},

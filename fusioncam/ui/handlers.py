@@ -129,7 +129,7 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
         evidence.image = display_image(picture, KEPT_SIDE)   # the session keeps a bounded copy
         display = display_image(picture)
-        top5 = text.early_top5(evidence, model.class_names)
+        top5 = evidence.top_predictions(model.class_names)
         preview = gradient_preview(evidence, params.theta, params.gradient_method)
         target_value = TOP_CLASS if target_index is None else str(target_index)
         yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),

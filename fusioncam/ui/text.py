@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fusioncam.explain import Evidence
 
 INTRO = """# Fusion-CAM explorer
@@ -58,15 +56,6 @@ the maps of **this** image and class; try a few images before drawing conclusion
 def top5_label(top5: list[dict[str, Any]]) -> dict[str, float]:
     """Top-5 entries (``index``, ``name``, ``probability``) as ``{label: probability}`` for ``gr.Label``."""
     return {f"{entry['name']} (#{entry['index']})": entry["probability"] for entry in top5}
-
-
-def early_top5(evidence: Evidence, class_names: list[str]) -> list[dict[str, Any]]:
-    """The top-5 predictions straight from stage 1's logits, in the report's format, before the
-    report exists."""
-    probabilities = torch.softmax(evidence.logits.float(), dim=0)
-    top = probabilities.topk(min(5, len(probabilities)))
-    return [{"index": int(i), "name": class_names[int(i)], "probability": float(p)}
-            for p, i in zip(top.values, top.indices, strict=True)]
 
 
 def progress_summary(evidence: Evidence, class_names: list[str]) -> str:
