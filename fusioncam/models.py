@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+from PIL import Image
 from torch import nn
+
+from .images import normalize_image, resize_for_model
 
 BUNDLED = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,6 +79,13 @@ class LoadedModel:
         with self.lock:
             self.module = prepare(self.module, torch.device(device), channels_last)
         return self
+
+    def preprocess(self, image: Image.Image, crop: bool = False) -> tuple[torch.Tensor, Image.Image]:
+        """``(x, seen)``: the normalised 3×H×W input for ``image`` and the part of ``image`` the
+        model sees (the whole image for a plain resize; the centre crop's region with ``crop``),
+        over which every map is drawn."""
+        resized = resize_for_model(image, self.input_size, crop)
+        return normalize_image(resized, self.mean, self.std), resized if crop else image
 
     @property
     def num_classes(self) -> int:
