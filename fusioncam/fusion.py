@@ -145,8 +145,20 @@ def fuse(comb: torch.Tensor, reg: torch.Tensor, gamma_comb: float, gamma_reg: fl
     return normalize(fused), s
 
 
-def weight_warnings(weights: Weights) -> list[str]:
-    """Plain-language warnings when the β/γ weights cannot be trusted for this input."""
+def normalising_sums(weights: Weights, mode: str) -> tuple[float, ...]:
+    """The denominators (less ε) that weight ``mode`` divides by: ``reference``:
+    ``β_den + β_reg`` and ``β_comb + β̂_reg``; ``normalized``: ``β_den + β_reg`` and
+    ``β_comb + β_reg``; ``raw``: none."""
+    if check_weights_mode(mode) == "raw":
+        return ()
+    fusion_total = weights.beta_comb + (weights.beta_reg_hat if mode == "reference" else weights.beta_reg)
+    return weights.beta_den + weights.beta_reg, fusion_total
+
+
+def weight_warnings(weights: Weights, mode: str = "reference") -> list[str]:
+    """Plain-language warnings when the β/γ weights of weight ``mode`` cannot be trusted for this
+    input: a negative β, or a denominator of ``mode`` (:func:`normalising_sums`) with magnitude
+    below :data:`UNRELIABLE_SUM`."""
     warnings = []
     negative = [name for name, value in (("denoised", weights.beta_den), ("region", weights.beta_reg),
                                          ("combined", weights.beta_comb)) if value < 0]
@@ -155,8 +167,7 @@ def weight_warnings(weights: Weights) -> list[str]:
             "Unreliable weights: masking the image with the " + ", ".join(negative)
             + " map scores the class below the baseline (negative β), so the contribution "
               "weights of this explanation are unreliable for this input.")
-    sums = (weights.beta_den + weights.beta_reg, weights.beta_comb + weights.beta_reg_hat)
-    if any(abs(total) < UNRELIABLE_SUM for total in sums):
+    if any(abs(total) < UNRELIABLE_SUM for total in normalising_sums(weights, mode)):
         warnings.append(
             "Unreliable weights: the contribution weights nearly cancel (their sum is close "
             "to zero), so their ratios are dominated by noise for this input.")

@@ -18,6 +18,13 @@ explanation's baseline ``x_b`` (masking ``m(x, M) = x_b + M ⊙ (x − x_b)``):
 :func:`score_maps` scores any number of maps of one image in batched forward passes: all
 ``1 + M·(2n + 3)`` perturbed inputs are enumerated once and built chunk by chunk, never one
 forward per step.
+
+**ROAD** (:func:`road`, Rong et al. 2022, as pytorch-grad-cam computes it): for each
+``p ∈ {10, …, 90}`` remove every pixel with ``L ≥ percentile(L, p)`` (MoRF) or
+``1 − L ≥ percentile(1 − L, p)`` (LeRF), ties included, fill them by noisy linear imputation
+(:mod:`fusioncam.imputation`), score ``p(x̃)_c − p(x)_c``; MoRF (lower is better) and LeRF
+(higher is better) are averaged over ``p``, ROAD combined ``= (LeRF − MoRF) / 2``.
+:func:`protocol_card` states every one of these settings beside a table.
 """
 
 from __future__ import annotations
@@ -72,9 +79,11 @@ def auc(curve: Sequence[float] | np.ndarray) -> float:
 
 
 def average_drop(probabilities: Sequence[float], masked: Sequence[float]) -> float:
-    """Average Drop (%) ``= 100 · mean_i max(0, Y_i − O_i) / Y_i``."""
+    """Average Drop (%) ``= 100 · mean_i max(0, Y_i − O_i) / Y_i``; an image with ``Y_i = 0``
+    contributes 0 (nothing to drop), as :attr:`MapScores.drop`."""
     y, o = np.asarray(probabilities, dtype=np.float64), np.asarray(masked, dtype=np.float64)
-    return float(100 * np.mean(np.maximum(0.0, y - o) / y))
+    drops = np.divide(np.maximum(0.0, y - o), y, out=np.zeros_like(y), where=y > 0)
+    return float(100 * np.mean(drops))
 
 
 def increase_in_confidence(probabilities: Sequence[float], masked: Sequence[float]) -> float:
@@ -152,7 +161,7 @@ def score_maps(model: LoadedModel, x: torch.Tensor, maps: Mapping[str, torch.Ten
     ranks = _ranks(stacked)
     starts = torch.stack([baseline, blurred(x[None])[0]])      # deletion / saliency start from x_b, insertion from x̃
     results = torch.empty(len(kind), device=device)
-    with model.lock, torch.inference_mode():
+    with torch.inference_mode():
         for begin in range(0, len(kind), chunk):
             part = slice(begin, begin + chunk)
             masks = _masks(kind[part], which[part], count[part], stacked, ranks)
@@ -170,3 +179,145 @@ def score_maps(model: LoadedModel, x: torch.Tensor, maps: Mapping[str, torch.Ten
                                  deletion=values[base + 1:base + 1 + steps].copy(),
                                  insertion=values[base + 1 + steps:base + per_map].copy())
     return scores
+
+
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+ROAD_NOISE = 0.01   # standard deviation of the imputation noise, in normalised input space
+
+
+@dataclass(frozen=True)
+class RoadScores:
+    """One map's ROAD on one image: ``p(x̃)_c − p(x)_c`` at each percentile, with the most
+    (``morf``) or the least (``lerf``) relevant pixels removed and imputed."""
+
+    percentiles: tuple[float, ...]
+    morf: np.ndarray
+    lerf: np.ndarray
+
+    @property
+    def morf_mean(self) -> float:
+        """MoRF averaged over the percentiles (lower is better)."""
+        return float(np.mean(self.morf))
+
+    @property
+    def lerf_mean(self) -> float:
+        """LeRF averaged over the percentiles (higher is better)."""
+        return float(np.mean(self.lerf))
+
+    @property
+    def combined(self) -> float:
+        """ROAD combined ``= (LeRF − MoRF) / 2`` (higher is better)."""
+        return (self.lerf_mean - self.morf_mean) / 2
+
+
+def road_removed(saliency: np.ndarray, percentile: float, most_relevant: bool) -> np.ndarray:
+    """The pixels ROAD removes (``H×W`` bool), ties at the threshold included: MoRF
+    ``L ≥ percentile(L, p)``, LeRF ``1 − L ≥ percentile(1 − L, p)`` (numpy's linear percentile)."""
+    values = saliency if most_relevant else 1 - saliency
+    return values >= np.percentile(values, percentile)
+
+
+def road(model: LoadedModel, x: torch.Tensor, target: int, maps: Mapping[str, torch.Tensor | np.ndarray],
+         percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = ROAD_NOISE, seed: int = 0,
+         chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+         ) -> dict[str, RoadScores]:
+    """ROAD (Rong et al., 2022) of every map, as METHOD.md defines it.
+
+    For each map and each ``p`` in ``percentiles``, the pixels of :func:`road_removed` (MoRF, then
+    LeRF) are filled by :func:`~fusioncam.imputation.impute`, plus noise of standard deviation
+    ``noise``; the score is ``p(x̃)_c − p(x)_c`` (softmax probabilities of class ``target``).
+    The noise is one field ``noise · N(0, 1)`` drawn from ``seed`` and shared by every removal
+    (each removed pixel still gets independent noise), so results are deterministic and maps
+    are compared under the same noise. ``x`` is ``3×H×W`` normalised, each map ``H×W``. The
+    ``1 + 2·P·M`` images go through the network ``chunk_size`` at a time;
+    ``progress(done, total)`` counts the sparse solves and the forward chunks.
+    """
+    from .backend import auto_chunk_size
+    from .imputation import impute
+
+    if not maps:
+        raise ValueError("no maps to score")
+    if not percentiles or not all(0 <= p <= 100 for p in percentiles):
+        raise ValueError(f"ROAD percentiles must be in [0, 100], got {list(percentiles)}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"the ROAD noise must be a finite number ≥ 0, got {noise}")
+    image = x.detach().to("cpu", torch.float32)
+    arrays = {name: np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float32)
+              for name, m in maps.items()}
+    for array in arrays.values():
+        if array.shape != tuple(image.shape[1:]):
+            raise ValueError(f"maps of shape {array.shape} do not match the input's {tuple(image.shape[1:])}")
+    device = model.device
+    chunk = chunk_size or auto_chunk_size(device, tuple(image.shape), model)
+    if chunk < 1:
+        raise ValueError(f"chunk size must be ≥ 1, got {chunk}")
+    field = noise * torch.randn(image.shape, generator=torch.Generator().manual_seed(seed)) if noise > 0 else None
+    solves = 2 * len(percentiles) * len(arrays)
+    total, done = solves + -(-(solves + 1) // chunk), 0
+    pending, probabilities = [image], []
+
+    def forward() -> None:
+        nonlocal done
+        batch = torch.stack(pending).to(device)
+        with torch.inference_mode():
+            probabilities.append(torch.softmax(model(batch).float(), dim=1)[:, target].cpu().double())
+        pending.clear()
+        done += 1
+
+    for saliency in arrays.values():
+        for most_relevant in (True, False):
+            for p in percentiles:
+                pending.append(impute(image, road_removed(saliency, p, most_relevant), field))
+                done += 1
+                if len(pending) == chunk:
+                    forward()
+                if progress is not None:
+                    progress(done, total)
+    if pending:
+        forward()
+        if progress is not None:
+            progress(done, total)
+    values = torch.cat(probabilities).numpy()
+    differences = (values[1:] - values[0]).reshape(len(arrays), 2, len(percentiles))
+    return {name: RoadScores(tuple(percentiles), differences[m, 0].copy(), differences[m, 1].copy())
+            for m, name in enumerate(arrays)}
+
+
+BASELINE_WORDS = {
+    "mean": "the dataset-mean colour (0 in normalised space)",
+    "black": "black (pixel value 0, i.e. −mean/std in normalised space)",
+    "blur": "a Gaussian-blurred copy of the image (kernel 51, σ 50)",
+}
+
+
+def protocol_card(baseline: str = "mean", n_steps: int = DEFAULT_STEPS, size: tuple[int, int] = (224, 224),
+                  road_noise: float | None = ROAD_NOISE, road_percentiles: Sequence[float] = ROAD_PERCENTILES,
+                  target: str = "the model's top-1 prediction") -> str:
+    """The settings behind a faithfulness table, as a Markdown table: the settings on which
+    published numbers disagree (masking baseline, probabilities or logits, relative or absolute
+    Average Drop, steps and pixels per step, the insertion blur, ROAD's noise). ``road_noise=None``
+    leaves the ROAD row out (a table without ROAD)."""
+    if baseline not in BASELINE_WORDS:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINE_WORDS)}")
+    pixels = size[0] * size[1]
+    per_step = f"{pixels // n_steps}" if pixels % n_steps == 0 else f"about {pixels / n_steps:.0f}"
+    rows = [
+        ("Target class", target),
+        ("Scores", "softmax probabilities `p_c` of the target class (not logits)"),
+        ("Masking baseline", f"{BASELINE_WORDS[baseline]}: `m(x, L) = x_b + L ⊙ (x − x_b)` for Average Drop and "
+                             "Increase in Confidence; Deletion fills the removed pixels with it"),
+        ("Average Drop", "relative, in %: `100 · mean max(0, Y − O) / Y` with `Y = p(x)_c`, `O = p(m(x, L))_c` "
+                         "(an image with `Y = 0` adds 0)"),
+        ("Increase in Confidence", "`100 · mean 1[O > Y]` (%)"),
+        ("Deletion / Insertion", f"{n_steps} steps of {per_step} pixels ({size[0]}×{size[1]} input), most "
+                                 "salient first, ties in raster order; AUC by the trapezoid rule on [0, 1], "
+                                 "step 0 included"),
+        ("Insertion start", "a Gaussian-blurred copy of the image (kernel 51, σ 50), original pixels put back"),
+    ]
+    if road_noise is not None:
+        shown = ", ".join(f"{p:g}" for p in road_percentiles)
+        rows.append(("ROAD", f"percentiles {shown}; removed pixels (ties included) filled by noisy linear "
+                             f"imputation, noise σ = {road_noise:g} in normalised space (fixed seed); score "
+                             "`p(x̃)_c − p(x)_c`; combined = (LeRF − MoRF) / 2"))
+    lines = ["| Protocol | Setting |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)]
+    return "\n".join(lines)
