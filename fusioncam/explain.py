@@ -1,17 +1,24 @@
 """Orchestration: gather the expensive evidence once, derive every Fusion-CAM map from it.
 
-:func:`explain` runs one forward + backward (the gradient maps), the Score-CAM masked passes
-and the fusion scoring passes; the :class:`Evidence` it keeps makes
-:meth:`Explanation.refuse` cheap: a new fusion strength or weight mode runs no network, a
-new θ (or gradient method) at most two batch-1 forwards (the denoised and combined maps).
+Three stages, each a function from immutable records to new records (data flows one way):
+
+1. :func:`capture_evidence` → :class:`GradientEvidence` (one forward + backward: ``A``, ``G``,
+   the logits; the gradient maps follow without the network);
+2. :func:`score_regions` → :class:`RegionEvidence` (the Score-CAM masked passes);
+3. :func:`derive` → :class:`Explanation` (every map and weight; at most four scoring passes).
+
+Nothing is mutated in place, so a record can cross into a forked GPU worker and back, and a
+late stage of an old request cannot change a newer one. The kept evidence makes
+:meth:`Explanation.refuse` cheap: a new fusion strength or weight mode runs no network, a new
+θ (or gradient method) at most two batch-1 forwards (the denoised and combined maps).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,21 +29,24 @@ from . import fusion
 from .baselines import BASELINES, apply_mask, make_baseline
 from .capture import capture_layer
 from .gradient import GRADIENT_METHODS, gradient_map
-from .images import ImageSource, load_image, normalize_image, resize_for_model
+from .images import ImageSource, load_image
 from .models import LoadedModel, ModelError
 from .region import region_map, score_channels, top_k_channels
 
 MAP_NAMES = ("gradcam", "denoised", "scorecam", "combined", "fusion", "agreement")
 REGION_METHODS = ("scorecam", "scorecam-topk")
 DEFAULT_TOP_K = 128
+REGION_KEY = ("region",)   # what decides L_reg's probability, once the region evidence is fixed
 
 
-@dataclass
-class Evidence:
-    """The expensive, parameter-free evidence for one (image, model, layer, class, baseline).
+@dataclass(frozen=True)
+class GradientEvidence:
+    """Stage 1's record for one (image, model, layer, class, baseline): one forward + backward.
 
-    Tensors live on the CPU so caches survive outside any GPU context. ``probabilities``
-    caches ``p(m(x, M))_c`` per derived map key, so re-fusion reruns nothing it has seen.
+    Immutable; tensors live on the CPU so the record survives outside any GPU context and can
+    be pickled into (and out of) a forked ZeroGPU worker. ``image`` is the part of the input
+    image the model saw, over which every map is drawn. The gradient maps are derived on demand
+    (``gradient_map``), memoised per method.
     """
 
     image: Image.Image
@@ -48,39 +58,69 @@ class Evidence:
     target: int
     layer: str
     baseline_kind: str
-    timings: dict[str, float]
-    region_method: str = "scorecam"
-    top_k: int | None = None
-    region_scores: torch.Tensor | None = None  # K (−inf for channels top-k left out); set by stage 2
-    baseline_probability: float = float("nan")  # p_b = p(x_b)_c
-    masked_passes: int = 0
-    flat_channels: int = 0
-    gradient_maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    region: torch.Tensor | None = None
-    probabilities: dict[tuple, float] = field(default_factory=dict)
-    scoring_passes: int = 0
+    timings: Mapping[str, float]
+    _gradient_maps: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def gradient_map(self, method: str) -> torch.Tensor:
-        """``L_grad`` for ``method`` (cached): no network, only ``(A, G)``."""
-        if method not in self.gradient_maps:
+        """``L_grad`` for ``method`` (a pure function of ``(A, G)``, memoised): no network."""
+        if method not in self._gradient_maps:
             size = tuple(self.x.shape[-2:])
-            self.gradient_maps[method] = gradient_map(method, self.activations[None], self.gradients[None], size)[0]
-        return self.gradient_maps[method]
+            self._gradient_maps[method] = gradient_map(method, self.activations[None], self.gradients[None], size)[0]
+        return self._gradient_maps[method]
 
     def top_predictions(self, class_names: list[str], k: int = 5) -> list[dict[str, Any]]:
         """The ``k`` most probable classes, most probable first, as the report's ``top5`` entries
-        ``{"index", "name", "probability"}`` — available right after stage 1."""
+        ``{"index", "name", "probability"}``."""
         top = torch.softmax(self.logits.float(), dim=0).topk(min(k, len(self.logits)))
         return [{"index": index, "name": class_names[index], "probability": probability}
                 for index, probability in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
 
+
+@dataclass(frozen=True)
+class RegionEvidence:
+    """Stage 2's record: the gradient evidence plus the Score-CAM channel scores.
+
+    ``probabilities`` holds ``p(m(x, M))_c`` for the derived maps scored so far (keyed by what
+    decides the map); :func:`derive` never changes a record, it returns one with more entries
+    (:attr:`Explanation.evidence`), so re-fusion reruns nothing it has seen.
+    """
+
+    gradient: GradientEvidence
+    region_method: str
+    top_k: int | None
+    region_scores: torch.Tensor          # K (−inf for channels top-k left out)
+    baseline_probability: float          # p_b = p(x_b)_c
+    masked_passes: int
+    flat_channels: int
+    scorecam_s: float
+    probabilities: Mapping[tuple, float] = field(default_factory=dict)
+    scoring_passes: int = 0
+    _region: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        """Stage 1's read-only attributes (``x``, ``target``, ``image``, …) and methods."""
+        if name.startswith("_") or name == "gradient":
+            raise AttributeError(name)
+        return getattr(self.gradient, name)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {**self.gradient.timings, "scorecam_s": self.scorecam_s}
+
     def region_map(self) -> torch.Tensor:
-        """``L_reg`` from the kept channel scores (cached)."""
-        if self.region_scores is None:
-            raise RuntimeError("Score-CAM has not run for this evidence yet: call score_regions first")
-        if self.region is None:
-            self.region = region_map(self.activations[None], self.region_scores[None], tuple(self.x.shape[-2:]))[0]
-        return self.region
+        """``L_reg`` from the kept channel scores (memoised)."""
+        if not self._region:
+            size = tuple(self.x.shape[-2:])
+            self._region.append(region_map(self.activations[None], self.region_scores[None], size)[0])
+        return self._region[0]
+
+    def with_probabilities(self, scored: Mapping[tuple, float]) -> RegionEvidence:
+        """A copy that also knows the probabilities in ``scored`` (each one new scoring pass)."""
+        fresh = {key: value for key, value in scored.items() if key not in self.probabilities}
+        if not fresh:
+            return self
+        return replace(self, probabilities={**self.probabilities, **fresh},
+                       scoring_passes=self.scoring_passes + len(fresh), _region=self._region)
 
 
 @dataclass(frozen=True)
@@ -107,7 +147,7 @@ class FusionParams:
 class Explanation:
     """One image's Fusion-CAM explanation: ``maps`` (float32 H×W arrays in [0, 1]) and ``report``."""
 
-    def __init__(self, model: LoadedModel, evidence: Evidence, params: FusionParams,
+    def __init__(self, model: LoadedModel, evidence: RegionEvidence, params: FusionParams,
                  maps: dict[str, np.ndarray], report: dict[str, Any]) -> None:
         self.model = model
         self.evidence = evidence
@@ -136,13 +176,12 @@ class Explanation:
                 f"class={self.evidence.target} {self.report['class_name']!r}, {self.params})")
 
 
-def _probabilities(model: LoadedModel, evidences: list[Evidence], requests: list[tuple[int, tuple, torch.Tensor]],
-                   chunk_size: int) -> None:
-    """Fill ``evidence.probabilities[key] = p(m(x, M))_c`` for each ``(evidence index, key, M)``
-    not cached yet, in batched forward passes."""
+def _probabilities(model: LoadedModel, evidences: list[RegionEvidence], requests: list[tuple[int, tuple, torch.Tensor]],
+                   chunk_size: int) -> list[RegionEvidence]:
+    """The evidences, each knowing ``p(m(x, M))_c`` for its ``(evidence index, key, M)`` requests;
+    those not known yet are computed in batched forward passes."""
     todo = [(i, key, mask) for i, key, mask in requests if key not in evidences[i].probabilities]
-    if not todo:
-        return
+    scored: list[dict[tuple, float]] = [{} for _ in evidences]
     device = model.device
     for start in range(0, len(todo), chunk_size):
         part = todo[start:start + chunk_size]
@@ -154,42 +193,67 @@ def _probabilities(model: LoadedModel, evidences: list[Evidence], requests: list
             probs = torch.softmax(model(apply_mask(x, xb, masks)).float(), dim=1)
             chosen = probs.gather(1, targets[:, None]).squeeze(1).cpu().tolist()
         for (i, key, _), value in zip(part, chosen, strict=True):
-            evidences[i].probabilities[key] = value
-            evidences[i].scoring_passes += 1
+            scored[i][key] = value
+    return [e.with_probabilities(new) for e, new in zip(evidences, scored, strict=True)]
 
 
-def derive(model: LoadedModel, evidences: list[Evidence], params: FusionParams,
+def _denoised_key(params: FusionParams) -> tuple:
+    """What decides ``L_den``: the gradient method and θ."""
+    return ("denoised", params.gradient_method, params.theta)
+
+
+def _combined_key(params: FusionParams, beta_den: float, beta_reg: float, hat: tuple[float, float]) -> tuple:
+    """What decides ``L_comb``. ``N(·)`` ignores a positive scale, so every weight mode whose β̂
+    are the raw β times a positive number yields the same map: the key holds only the sign of
+    that scale."""
+    return ("combined", params.gradient_method, params.theta,
+            math.copysign(1.0, hat[0] * beta_den + hat[1] * beta_reg))
+
+
+def needs_scoring(evidence: RegionEvidence, params: FusionParams) -> bool:
+    """Whether :func:`derive` would run the network for ``params``: a θ or gradient method not
+    scored yet, or a weight mode that flips the combined map's sign; a new λ never does."""
+    scored = evidence.probabilities
+    den_key = _denoised_key(params)
+    if den_key not in scored or REGION_KEY not in scored:
+        return True
+    beta_den = scored[den_key] - evidence.baseline_probability
+    beta_reg = scored[REGION_KEY] - evidence.baseline_probability
+    hat = fusion.contribution_weights(beta_den, beta_reg, params.weights)
+    return _combined_key(params, beta_den, beta_reg, hat) not in scored
+
+
+def derive(model: LoadedModel, evidences: list[RegionEvidence], params: FusionParams,
            chunk_size: int = 16) -> list[Explanation]:
-    """Every map and weight of METHOD.md §1–4 from kept evidence; network only for unseen maps."""
+    """Every map and weight of METHOD.md §1–4 from kept evidence; network only for unseen maps.
+
+    Changes no record: each explanation carries a copy of its evidence that also knows the
+    probabilities scored here.
+    """
     started = time.perf_counter()
-    method, theta, mode = params.gradient_method, params.theta, params.weights
-    grads = [e.gradient_map(method) for e in evidences]
+    grads = [e.gradient_map(params.gradient_method) for e in evidences]
     regions = [e.region_map() for e in evidences]
-    denoised = [fusion.denoise(g, theta) for g in grads]
-    den_key, reg_key = ("denoised", method, theta), ("region",)
-    with model.lock:
-        _probabilities(model, evidences, [(i, den_key, den) for i, (den, _) in enumerate(denoised)]
-                       + [(i, reg_key, reg) for i, reg in enumerate(regions)], chunk_size)
+    denoised = [fusion.denoise(g, params.theta) for g in grads]
+    den_key, reg_key = _denoised_key(params), REGION_KEY
+    evidences = _probabilities(model, evidences, [(i, den_key, den) for i, (den, _) in enumerate(denoised)]
+                               + [(i, reg_key, reg) for i, reg in enumerate(regions)], chunk_size)
     combined, hats, comb_keys = [], [], []
     for e, (den, _), reg in zip(evidences, denoised, regions, strict=True):
         beta_den = e.probabilities[den_key] - e.baseline_probability
         beta_reg = e.probabilities[reg_key] - e.baseline_probability
-        hat = fusion.contribution_weights(beta_den, beta_reg, mode)
+        hat = fusion.contribution_weights(beta_den, beta_reg, params.weights)
         hats.append((beta_den, beta_reg, *hat))
         combined.append(fusion.combine(den, reg, *hat))
-        # N(·) ignores a positive scale, so every mode whose β̂ are the raw β times a positive
-        # number yields the same combined map: key it by the sign of that scale.
-        comb_keys.append(("combined", method, theta, math.copysign(1.0, hat[0] * beta_den + hat[1] * beta_reg)))
-    with model.lock:
-        _probabilities(model, evidences, [(i, key, comb) for i, (key, comb) in enumerate(
-            zip(comb_keys, combined, strict=True))], chunk_size)
+        comb_keys.append(_combined_key(params, beta_den, beta_reg, hat))
+    evidences = _probabilities(model, evidences, [(i, key, comb) for i, (key, comb) in enumerate(
+        zip(comb_keys, combined, strict=True))], chunk_size)
 
     explanations = []
     rows = zip(evidences, grads, denoised, regions, combined, hats, comb_keys, strict=True)
     for e, grad, (den, zeroed), reg, comb, hat, comb_key in rows:
         beta_den, beta_reg, den_hat, reg_hat = hat
         beta_comb = e.probabilities[comb_key] - e.baseline_probability
-        gamma_comb, gamma_reg = fusion.fusion_weights(beta_comb, beta_reg, reg_hat, mode)
+        gamma_comb, gamma_reg = fusion.fusion_weights(beta_comb, beta_reg, reg_hat, params.weights)
         fused, agree = fusion.fuse(comb, reg, gamma_comb, gamma_reg, params.strength)
         weights = fusion.Weights(beta_den, beta_reg, beta_comb, den_hat, reg_hat, gamma_comb, gamma_reg)
         maps = {name: tensor.detach().float().cpu().numpy().astype(np.float32, copy=False)
@@ -199,7 +263,7 @@ def derive(model: LoadedModel, evidences: list[Evidence], params: FusionParams,
     return explanations
 
 
-def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusion.Weights, zeroed: int,
+def _report(model: LoadedModel, e: RegionEvidence, params: FusionParams, weights: fusion.Weights, zeroed: int,
             started: float) -> dict[str, Any]:
     """The JSON-able summary of one explanation."""
     probability = float(torch.softmax(e.logits.float(), dim=0)[e.target])
@@ -208,7 +272,7 @@ def _report(model: LoadedModel, e: Evidence, params: FusionParams, weights: fusi
     if zeroed == 0 and params.theta > 0:
         warnings.append(f"Denoising at θ = {params.theta:g} changed nothing: more than {params.theta:g} % "
                         "of the Grad-CAM pixels are already zero.")
-    timings = dict(e.timings, fusion_s=time.perf_counter() - started)
+    timings = {**e.timings, "fusion_s": time.perf_counter() - started}
     return {
         "model": model.name,
         "layer": e.layer,
@@ -249,39 +313,40 @@ def _targets(target: int | list[int | None] | None, count: int, logits: torch.Te
 
 
 def capture_evidence(model: LoadedModel, images: list[Image.Image], target: int | list[int | None] | None = None,
-                     layer: str | None = None, baseline: str = "mean", crop: bool = False) -> list[Evidence]:
+                     layer: str | None = None, baseline: str = "mean", crop: bool = False) -> list[GradientEvidence]:
     """Stage 1, one forward + backward: logits, ``A`` and ``G`` at the layer, and the baseline.
 
-    The returned evidence already yields the gradient maps (:func:`gradient_preview`); call
-    :func:`score_regions` before :func:`derive`.
+    The returned records already yield the gradient maps (:func:`gradient_preview`); pass them
+    to :func:`score_regions`, then :func:`derive`. Safe to call from several threads on one
+    model at once: the capture acts on this call's forward only.
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     layer_name, layer_module = model.resolve_layer(layer)
     device = model.device
-    x = torch.stack([normalize_image(resize_for_model(im, model.input_size, crop), model.mean, model.std)
-                     for im in images]).to(device)
+    prepared = [model.preprocess(image, crop) for image in images]
+    x = torch.stack([inputs for inputs, _ in prepared]).to(device)
     xb = make_baseline(x, baseline, model.mean, model.std)
-    with model.lock:
-        started = time.perf_counter()
-        with capture_layer(model.module, layer_module) as record:
-            logits = model(x).float()
-            targets = _targets(target, len(images), logits, model.num_classes)
-            score = logits.gather(1, torch.tensor(targets, device=device)[:, None]).sum()
-            gradients = record.gradient(score)
-            activations = record.activation.detach()
-        seconds = (time.perf_counter() - started) / len(images)
+    started = time.perf_counter()
+    with capture_layer(model.module, layer_module) as record:
+        logits = model(x).float()
+        targets = _targets(target, len(images), logits, model.num_classes)
+        score = logits.gather(1, torch.tensor(targets, device=device)[:, None]).sum()
+        gradients = record.gradient(score)
+        activations = record.activation.detach()
+    seconds = (time.perf_counter() - started) / len(images)
     x, xb, activations, gradients, logits = (t.detach().float().cpu() for t in (x, xb, activations, gradients, logits))
-    return [Evidence(image=images[i], x=x[i], baseline=xb[i], activations=activations[i], gradients=gradients[i],
-                     logits=logits[i], target=targets[i], layer=layer_name, baseline_kind=baseline,
-                     timings={"gradient_s": seconds})
+    return [GradientEvidence(image=prepared[i][1], x=x[i], baseline=xb[i], activations=activations[i],
+                             gradients=gradients[i], logits=logits[i], target=targets[i], layer=layer_name,
+                             baseline_kind=baseline, timings={"gradient_s": seconds})
             for i in range(len(images))]
 
 
-def score_regions(model: LoadedModel, evidences: list[Evidence], region_method: str = "scorecam",
+def score_regions(model: LoadedModel, evidences: list[GradientEvidence], region_method: str = "scorecam",
                   top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
-                  progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> None:
-    """Stage 2, the Score-CAM masked passes for every evidence at once (filled in place).
+                  progress: Callable[[int, int], None] | None = None, precision: str = "fp32",
+                  ) -> list[RegionEvidence]:
+    """Stage 2, the Score-CAM masked passes for every record at once: one new record each.
 
     ``region_method="scorecam-topk"`` scores only the ``top_k`` channels with the largest
     Grad-CAM weights (default 128); ``progress(done, total)`` is called after each chunk;
@@ -304,22 +369,19 @@ def score_regions(model: LoadedModel, evidences: list[Evidence], region_method: 
     if top_k is not None:
         selected = top_k_channels(torch.stack([e.gradients for e in evidences]).mean(dim=(-2, -1)), top_k)
     chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]), model, precision)
-    with model.lock:
-        started = time.perf_counter()
-        region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress,
-                                precision=precision)
-        base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, targets[:, None]).squeeze(1).cpu()
-        seconds = (time.perf_counter() - started) / len(evidences)
+    started = time.perf_counter()
+    region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress,
+                            precision=precision)
+    base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, targets[:, None]).squeeze(1).cpu()
+    seconds = (time.perf_counter() - started) / len(evidences)
     scores, masked, flat = region.scores.cpu(), region.masked_passes.tolist(), region.flat_channels.tolist()
-    for i, e in enumerate(evidences):
-        e.region_method, e.top_k = region_method, top_k
-        e.region_scores, e.baseline_probability = scores[i], float(base_probs[i])
-        e.masked_passes, e.flat_channels = int(masked[i]), int(flat[i])
-        e.region, e.probabilities = None, {}
-        e.timings["scorecam_s"] = seconds
+    return [RegionEvidence(gradient=e, region_method=region_method, top_k=top_k, region_scores=scores[i],
+                           baseline_probability=float(base_probs[i]), masked_passes=int(masked[i]),
+                           flat_channels=int(flat[i]), scorecam_s=seconds)
+            for i, e in enumerate(evidences)]
 
 
-def gradient_preview(evidence: Evidence, theta: float = 10.0, method: str = "gradcam") -> dict[str, np.ndarray]:
+def gradient_preview(evidence: GradientEvidence, theta: float = 10.0, method: str = "gradcam") -> dict[str, np.ndarray]:
     """The maps available right after stage 1: ``gradcam`` and ``denoised`` (no network)."""
     grad = evidence.gradient_map(method)
     return {"gradcam": grad.numpy(), "denoised": fusion.denoise(grad, theta)[0].numpy()}
@@ -342,6 +404,6 @@ def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: 
     if not images:
         raise ValueError("no images to explain")
     evidences = capture_evidence(model, images, target, layer, baseline, crop)
-    score_regions(model, evidences, region_method, top_k, chunk_size, precision=precision)
-    explanations = derive(model, evidences, params, chunk_size or 16)
+    regions = score_regions(model, evidences, region_method, top_k, chunk_size, precision=precision)
+    explanations = derive(model, regions, params, chunk_size or 16)
     return explanations if batch else explanations[0]

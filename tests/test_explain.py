@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,13 +95,13 @@ def test_batch_equals_one_by_one(tiny_model: LoadedModel, tiny_image: np.ndarray
 
 def test_flat_channel_sharing_equals_scoring_every_channel(tiny_model: LoadedModel, tiny_image: np.ndarray) -> None:
     image = load_image(tiny_image)
-    [shared] = capture_evidence(tiny_model, [image])
-    [unshared] = capture_evidence(tiny_model, [image])
-    shared.activations[2] = 0.0          # make sure some channels are flat
-    shared.activations[5] = 1.5
-    unshared.activations = shared.activations.clone()
-    score_regions(tiny_model, [shared], share_flat=True)
-    score_regions(tiny_model, [unshared], share_flat=False)
+    [evidence] = capture_evidence(tiny_model, [image])
+    activations = evidence.activations.clone()
+    activations[2] = 0.0          # make sure some channels are flat
+    activations[5] = 1.5
+    evidence = replace(evidence, activations=activations)
+    [shared] = score_regions(tiny_model, [evidence], share_flat=True)
+    [unshared] = score_regions(tiny_model, [evidence], share_flat=False)
     assert shared.masked_passes == unshared.masked_passes - 2
     torch.testing.assert_close(shared.region_scores, unshared.region_scores, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared.region_map(), unshared.region_map(), atol=1e-6, rtol=0)
@@ -133,13 +134,14 @@ def test_staged_api_matches_explain(tiny_model: LoadedModel, tiny_image: np.ndar
     evidences = capture_evidence(tiny_model, [load_image(tiny_image)])
     preview = gradient_preview(evidences[0], theta=10)
     progress: list[tuple[int, int]] = []
-    score_regions(tiny_model, evidences, chunk_size=3, progress=lambda done, total: progress.append((done, total)))
-    [staged] = derive(tiny_model, evidences, FusionParams())
+    regions = score_regions(tiny_model, evidences, chunk_size=3,
+                            progress=lambda done, total: progress.append((done, total)))
+    [staged] = derive(tiny_model, regions, FusionParams())
     whole = explain(tiny_model, tiny_image)
     np.testing.assert_allclose(preview["gradcam"], whole.maps["gradcam"])
     np.testing.assert_allclose(preview["denoised"], whole.maps["denoised"])
     np.testing.assert_allclose(staged.maps["fusion"], whole.maps["fusion"], atol=1e-6)
-    assert progress and progress[-1][0] == progress[-1][1] == evidences[0].masked_passes
+    assert progress and progress[-1][0] == progress[-1][1] == regions[0].masked_passes
 
 
 @pytest.mark.parametrize("baseline", ["mean", "black", "blur"])

@@ -11,12 +11,12 @@ from torch import nn
 
 from fusioncam import LoadedModel, load_model
 from fusioncam.backend import auto_chunk_size, check_precision, prefers_channels_last
-from fusioncam.explain import Evidence, capture_evidence
+from fusioncam.explain import GradientEvidence, capture_evidence
 from fusioncam.images import load_image
 from fusioncam.region import RegionScores, region_map, score_channels
 
 
-def _score(model: LoadedModel | nn.Module, evidences: list[Evidence], chunk_size: int,
+def _score(model: LoadedModel | nn.Module, evidences: list[GradientEvidence], chunk_size: int,
            **options: object) -> tuple[RegionScores, torch.Tensor]:
     """Score-CAM scores and region maps for ``evidences`` (one batch, images mixed in chunks)."""
     x = torch.stack([e.x for e in evidences])
@@ -27,13 +27,13 @@ def _score(model: LoadedModel | nn.Module, evidences: list[Evidence], chunk_size
 
 
 @pytest.fixture
-def tiny_evidence(tiny_model: LoadedModel, tiny_image: np.ndarray) -> list[Evidence]:
+def tiny_evidence(tiny_model: LoadedModel, tiny_image: np.ndarray) -> list[GradientEvidence]:
     """Two images (the fixture and its mirror) so that chunks cross image boundaries."""
     images = [load_image(tiny_image), load_image(np.ascontiguousarray(tiny_image[:, ::-1]))]
     return capture_evidence(tiny_model, images, target=[1, 3])
 
 
-def test_chunk_size_does_not_change_the_map(tiny_model: LoadedModel, tiny_evidence: list[Evidence]) -> None:
+def test_chunk_size_does_not_change_the_map(tiny_model: LoadedModel, tiny_evidence: list[GradientEvidence]) -> None:
     reference, reference_map = _score(tiny_model, tiny_evidence, chunk_size=1)
     assert int(reference.masked_passes.sum()) > 7          # chunk 7 really splits the work
     for chunk in (7, 64):
@@ -43,7 +43,7 @@ def test_chunk_size_does_not_change_the_map(tiny_model: LoadedModel, tiny_eviden
         assert torch.equal(region.masked_passes, reference.masked_passes)
 
 
-def test_channels_last_gives_the_same_map(tiny_model: LoadedModel, tiny_evidence: list[Evidence]) -> None:
+def test_channels_last_gives_the_same_map(tiny_model: LoadedModel, tiny_evidence: list[GradientEvidence]) -> None:
     assert not prefers_channels_last(tiny_model)
     reference, reference_map = _score(tiny_model, tiny_evidence, chunk_size=7)
     as_channels_last, _ = _score(tiny_model, tiny_evidence, chunk_size=7, channels_last=True)
@@ -70,7 +70,7 @@ class _AutocastSpy(nn.Module):
         return self.network(x)
 
 
-def test_reduced_precision_is_off_by_default(tiny_model: LoadedModel, tiny_evidence: list[Evidence]) -> None:
+def test_reduced_precision_is_off_by_default(tiny_model: LoadedModel, tiny_evidence: list[GradientEvidence]) -> None:
     assert inspect.signature(score_channels).parameters["precision"].default == "fp32"
     assert inspect.signature(auto_chunk_size).parameters["precision"].default == "fp32"
     spy = _AutocastSpy(tiny_model.module)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from .catalog import (
 )
 from .export import export_zip
 from .faithfulness import HEADERS
-from .session import KEPT_SIDE, Request, Session, display_image, file_digest
+from .session import KEPT_SIDE, Generations, Request, Session, display_image, file_digest
 
 EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover",
                    "report", "target-class", "layer")
@@ -57,6 +58,7 @@ UNEXPECTED = "Something went wrong on the server while handling this request; pl
 EXPORT_DIR = Path(tempfile.gettempdir()) / "fusioncam-exports"
 EXPORT_MAX_AGE_S = 3600
 PROGRESS = gr.Progress()   # Gradio finds the progress bar by this default value
+GENERATIONS = Generations()
 LOG = logging.getLogger(__name__)
 
 
@@ -100,15 +102,23 @@ def _finished(session: Session) -> tuple:
             session.report, gr.skip(), gr.skip())
 
 
+def session_key(request: gr.Request | None) -> str:
+    """The browser session an event came from (Gradio's session hash)."""
+    return getattr(request, "session_hash", None) or "no-session"
+
+
 def explain(image: str | None, model_spec: str, target: str | int | None, layer: str | None, theta: float,
             strength: float, weights: str, baseline: str, gradient_method: str, region_method: str,
-            top_k: float, colormap: str, opacity: float, session: Session | None,
+            top_k: float, colormap: str, opacity: float, session: Session | None, request: gr.Request = None,
             progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
     """Explain ``image``: the gradient maps first, then Score-CAM with a progress bar, then the rest.
 
-    When only the fusion parameters differ from the session's last run, the kept evidence is
-    re-fused instead (no Score-CAM).
+    When only the fusion parameters differ from the session's current run, the kept evidence is
+    re-fused instead (no Score-CAM). A new explanation starts a new generation of the session:
+    from then on nothing of the previous one is shown or changed, and if a newer explanation
+    starts before this one finishes, this one's result is dropped.
     """
+    key = session_key(request)
     with user_errors():
         if not image:
             raise ValueError(NO_IMAGE)
@@ -119,30 +129,42 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         target_index, layer_name = parse_target(target, model.class_names), parse_layer(layer)
         params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
         topk = round(top_k) if region_method == "scorecam-topk" else None
-        request = Request(file_digest(image), spec, layer_name, target_index, baseline, region_method, topk)
-        if session is not None and session.request == request:
+        wanted = Request(file_digest(image), spec, layer_name, target_index, baseline, region_method, topk)
+        if session is not None and session.request == wanted and GENERATIONS.is_current(key, session.generation):
             evidence, maps, report = compute.refuse(spec, session.evidence, params)
             yield _finished(session.with_fusion(evidence, params, maps, report).with_style(colormap, opacity))
             return
-
+        generation = GENERATIONS.begin(key)
         progress(0.02, desc="Grad-CAM: one pass through the network…")
         evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
-        evidence.image = display_image(picture, KEPT_SIDE)   # the session keeps a bounded copy
-        display = display_image(picture)
-        top5 = evidence.top_predictions(model.class_names)
-        preview = gradient_preview(evidence, params.theta, params.gradient_method)
-        target_value = TOP_CLASS if target_index is None else str(target_index)
-        yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),
-               *figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised")),
-               None, None, None, None, None, None, None,
-               gr.update(choices=class_choices(model.class_names, top5), value=target_value),
-               gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
+    if not GENERATIONS.is_current(key, generation):
+        return
+    display = display_image(evidence.image)
+    top5 = evidence.top_predictions(model.class_names)
+    preview = gradient_preview(evidence, params.theta, params.gradient_method)
+    target_value = TOP_CLASS if target_index is None else str(target_index)
+    yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),
+           *figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised")),
+           None, None, None, None, None, None, None,
+           gr.update(choices=class_choices(model.class_names, top5), value=target_value),
+           gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
+    try:
+        with user_errors():
+            kept = replace(evidence, image=display_image(evidence.image, KEPT_SIDE))  # a bounded copy
+            regions, maps, report = compute.gather_regions(spec, kept, region_method, topk, params)
+    except gr.Error as error:
+        if GENERATIONS.is_current(key, generation):
+            yield _failed(str(error))
+        raise
+    if GENERATIONS.is_current(key, generation):
+        yield _finished(Session(wanted, generation, regions, params, maps, report, display, colormap, opacity))
 
-        def report_progress(done: int, total: int) -> None:
-            progress((done, total), desc="Score-CAM: masking the image channel by channel…", unit="batches")
 
-        evidence, maps, report = compute.gather_regions(spec, evidence, region_method, topk, params, report_progress)
-        yield _finished(Session(request, evidence, params, maps, report, display, colormap, opacity))
+def _failed(message: str) -> tuple:
+    """The :data:`EXPLAIN_OUTPUTS` values after a stage failed: no map and no session are kept,
+    so the page never mixes the failed request with an older one."""
+    return (None, f"### The explanation could not finish\n{message}", gr.skip(), *(None for _ in MAP_NAMES),
+            None, None, None, gr.skip(), gr.skip())
 
 
 def _explain_again(reset_target: bool, reset_layer: bool, clear_without_image: bool) -> Callable[..., Iterator[tuple]]:
@@ -179,12 +201,14 @@ def clear() -> tuple:
 
 
 def refine(session: Session | None, theta: float, strength: float, weights: str, gradient_method: str,
-           colormap: str, opacity: float) -> tuple:
+           colormap: str, opacity: float, request: gr.Request = None) -> tuple:
     """Re-fuse the kept evidence with new fusion parameters, or redraw with a new colour map or
-    opacity; only the maps that changed are sent again, and nothing at all when nothing changed
-    or nothing has been explained yet."""
+    opacity; only the maps that changed are sent again, and nothing at all when nothing changed,
+    nothing has been explained yet, or the session's explanation is no longer the current one
+    (a newer image is being explained: a late re-fusion of the old one must not land)."""
     skip = tuple(gr.skip() for _ in REFINE_OUTPUTS)
-    if session is None:
+    key = session_key(request)
+    if session is None or not GENERATIONS.is_current(key, session.generation):
         return skip
     with user_errors():
         params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
@@ -196,6 +220,8 @@ def refine(session: Session | None, theta: float, strength: float, weights: str,
         with user_errors():
             evidence, maps, report = compute.refuse(session.request.model, session.evidence, params)
         session = session.with_fusion(evidence, params, maps, report)
+    if not GENERATIONS.is_current(key, session.generation):
+        return skip
     session = session.with_style(colormap, opacity)
     pictures = [figures.overlays(session.display, session.maps, colormap, opacity, (name,))[0]
                 if restyled or not np.array_equal(session.maps[name], previous.maps[name]) else gr.skip()
@@ -223,7 +249,7 @@ def export(session: Session | None) -> str:
 
 
 def faithfulness(session: Session | None, steps: float, extra_methods: Sequence[str] | None,
-                 progress: gr.Progress = PROGRESS) -> tuple:
+                 request: gr.Request = None, progress: gr.Progress = PROGRESS) -> tuple:
     """Score every map of the session's current explanation (plus ``extra_methods``): the
     :data:`FAITHFULNESS_OUTPUTS` values, a status line, the table and the two curve charts."""
     if session is None:
@@ -233,11 +259,9 @@ def faithfulness(session: Session | None, steps: float, extra_methods: Sequence[
         if not 1 <= n_steps <= compute.MAX_STEPS:
             raise ValueError(f"The number of curve steps must be 1–{compute.MAX_STEPS}, got {steps}.")
         progress(0, desc="Scoring every map…")
-
-        def report_progress(fraction: float, label: str) -> None:
-            progress(fraction, desc=f"Faithfulness: {label}")
-
         view = compute.faithfulness(session.request.model, session.evidence, session.params, session.maps,
-                                    session.report, tuple(extra_methods or ()), n_steps, report_progress)
+                                    session.report, tuple(extra_methods or ()), n_steps)
+    if not GENERATIONS.is_current(session_key(request), session.generation):
+        return (text.STALE_SCORES, gr.skip(), gr.skip(), gr.skip())
     return (text.faithfulness_status(session.report, view.probability, n_steps),
             pd.DataFrame(view.rows, columns=HEADERS), view.deletion, view.insertion)

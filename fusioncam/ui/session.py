@@ -1,8 +1,11 @@
-"""One browser session's explanation, kept in ``gr.State`` (never shared between sessions)."""
+"""One browser session's explanation, kept in ``gr.State`` (never shared between sessions), and
+the session's current generation, kept where every event of the session can read it."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fusioncam.explain import Evidence, Explanation, FusionParams
+from fusioncam.explain import Explanation, FusionParams, RegionEvidence
 from fusioncam.models import LoadedModel
 
 DISPLAY_SIDE = 640   # overlays shown in the page are drawn at most this large
@@ -36,7 +39,8 @@ class Session:
     they are drawn (colour map, opacity)."""
 
     request: Request
-    evidence: Evidence
+    generation: int
+    evidence: RegionEvidence
     params: FusionParams
     maps: dict[str, np.ndarray]
     report: dict[str, Any]
@@ -44,7 +48,7 @@ class Session:
     colormap: str
     opacity: float
 
-    def with_fusion(self, evidence: Evidence, params: FusionParams, maps: dict[str, np.ndarray],
+    def with_fusion(self, evidence: RegionEvidence, params: FusionParams, maps: dict[str, np.ndarray],
                     report: dict[str, Any]) -> Session:
         """A copy with a new fusion of the same evidence."""
         return replace(self, evidence=evidence, params=params, maps=maps, report=report)
@@ -56,6 +60,38 @@ class Session:
     def explanation(self, model: LoadedModel) -> Explanation:
         """The current fusion as a library :class:`Explanation` (for the export)."""
         return Explanation(model, self.evidence, self.params, self.maps, self.report)
+
+
+class Generations:
+    """The current generation of each browser session: a counter that every new explanation
+    advances (:meth:`begin`), so that a stage or re-fusion of an older explanation can tell it
+    is stale (:meth:`is_current`) and change nothing.
+
+    A ``gr.State`` value is the snapshot taken when an event fired, so the counter lives here,
+    keyed by Gradio's session hash, for at most ``capacity`` sessions (the least recently
+    advanced are forgotten first; a forgotten session simply starts again at a new number).
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._current: OrderedDict[str, int] = OrderedDict()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def begin(self, session: str) -> int:
+        """A new generation for ``session``, now its current one (unique across sessions)."""
+        with self._lock:
+            self._next += 1
+            self._current[session] = self._next
+            self._current.move_to_end(session)
+            while len(self._current) > self.capacity:
+                self._current.popitem(last=False)
+            return self._next
+
+    def is_current(self, session: str, generation: int) -> bool:
+        """Whether ``generation`` is still ``session``'s newest explanation."""
+        with self._lock:
+            return self._current.get(session) == generation
 
 
 def file_digest(path: str | Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusioncam.explain import Evidence
+from fusioncam.explain import GradientEvidence
 
 INTRO = """# Fusion-CAM explorer
 See **why** an image classifier made its prediction. Upload a picture (or pick an example), and the
@@ -39,6 +39,8 @@ context rather than the object itself. Try another class in *Explain which class
 model would look at for it.
 """
 
+STALE_SCORES = ("A new explanation started while these maps were being scored, so their scores were not shown; "
+                "press the button again to score the new maps.")
 WAITING = "Upload an image or click an example to start; the maps appear in a few seconds."
 
 FAITHFULNESS_INTRO = """
@@ -58,7 +60,7 @@ def top5_label(top5: list[dict[str, Any]]) -> dict[str, float]:
     return {f"{entry['name']} (#{entry['index']})": entry["probability"] for entry in top5}
 
 
-def progress_summary(evidence: Evidence, class_names: list[str]) -> str:
+def progress_summary(evidence: GradientEvidence, class_names: list[str]) -> str:
     """The status line while Score-CAM is still running."""
     name = class_names[evidence.target]
     return (f"### Explaining **{name}** (class {evidence.target})\n"
