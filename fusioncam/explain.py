@@ -268,7 +268,7 @@ def _report(model: LoadedModel, e: RegionEvidence, params: FusionParams, weights
     """The JSON-able summary of one explanation."""
     probability = float(torch.softmax(e.logits.float(), dim=0)[e.target])
     pixels = int(e.x.shape[-1] * e.x.shape[-2])
-    warnings = fusion.weight_warnings(weights)
+    warnings = fusion.weight_warnings(weights, params.weights)
     if zeroed == 0 and params.theta > 0:
         warnings.append(f"Denoising at θ = {params.theta:g} changed nothing: more than {params.theta:g} % "
                         "of the Grad-CAM pixels are already zero.")
