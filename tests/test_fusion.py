@@ -1,14 +1,19 @@
-"""Fusion math on hand-made maps (METHOD.md §1, §3, §4)."""
+"""Fusion math on hand-made maps (METHOD.md §1, §3, §4), and a plain transcription of the whole
+method on tiny models as the oracle for every weight mode, every baseline and the re-fusion cache."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
-from fusioncam import fusion
+from fusioncam import Explanation, LoadedModel, explain, fusion
 
 
 def ramp(height: int = 6, width: int = 8) -> torch.Tensor:
@@ -90,10 +95,14 @@ def test_constant_and_all_zero_maps_stay_finite() -> None:
     assert torch.equal(fused, torch.zeros(5, 5))
 
 
-def test_reference_contribution_weights_sum_to_one() -> None:
-    den_hat, reg_hat = fusion.contribution_weights(0.3, 0.1, "reference")
-    assert den_hat == pytest.approx(0.3 / (0.4 + 1e-8)) and reg_hat == pytest.approx(0.1 / (0.4 + 1e-8))
-    assert fusion.contribution_weights(0.3, 0.1, "raw") == (0.3, 0.1)
+@pytest.mark.parametrize("betas", [(0.3, 0.1), (0.02, 0.5), (-0.2, 0.6)])
+def test_reference_contribution_weights_sum_to_one(betas: tuple[float, float]) -> None:
+    den_hat, reg_hat = fusion.contribution_weights(*betas, "reference")
+    total = sum(betas)
+    assert den_hat + reg_hat == pytest.approx(total / (total + 1e-8), abs=1e-12)
+    assert den_hat + reg_hat == pytest.approx(1.0, abs=1e-7)
+    assert den_hat == pytest.approx(betas[0] / (total + 1e-8)) and reg_hat == pytest.approx(betas[1] / (total + 1e-8))
+    assert fusion.contribution_weights(*betas, "raw") == betas
 
 
 def test_reference_fusion_weights_reuse_the_rescaled_region_weight() -> None:
@@ -134,3 +143,164 @@ def test_unknown_modes_and_negative_strength_are_refused() -> None:
         fusion.contribution_weights(0.1, 0.2, "softmax")
     with pytest.raises(ValueError, match="strength"):
         fusion.agreement(ramp(), ramp(), -1.0)
+
+
+CANCELS = "nearly cancel"
+
+
+def weights_for(beta_den: float, beta_reg: float, beta_comb: float, mode: str) -> fusion.Weights:
+    hats = fusion.contribution_weights(beta_den, beta_reg, mode)
+    gammas = fusion.fusion_weights(beta_comb, beta_reg, hats[1], mode)
+    return fusion.Weights(beta_den, beta_reg, beta_comb, *hats, *gammas)
+
+
+@pytest.mark.parametrize("mode", ["reference", "normalized"])
+def test_tiny_positive_betas_reach_the_near_zero_sum_warning(mode: str) -> None:
+    """β_den + β_reg = 2e-6 > 0: no β is negative, yet both modes divide by that sum."""
+    warnings = fusion.weight_warnings(weights_for(1e-6, 1e-6, 0.3, mode), mode)
+    assert len(warnings) == 1 and CANCELS in warnings[0]
+
+
+@pytest.mark.parametrize(("betas", "warned"), [
+    # β_comb + β̂_reg ≈ 0 only: β̂_reg = 0.2 / 0.25 = 0.8 (reference divides by it, normalized does not)
+    ((0.05, 0.2, -0.8), {"reference"}),
+    # β_comb + β_reg ≈ 0 only: normalized divides by it; reference by β_comb + β̂_reg = −0.2 + 0.8
+    ((0.05, 0.2, -0.2), {"normalized"}),
+    # β_den + β_reg ≈ 0: reference and normalized divide by it, raw by nothing
+    ((0.3, -0.3 + 5e-5, 0.1), {"reference", "normalized"}),
+])
+def test_the_near_zero_sum_warning_tests_the_denominators_of_the_mode_used(
+        betas: tuple[float, float, float], warned: set[str]) -> None:
+    for mode in fusion.WEIGHT_MODES:
+        warnings = fusion.weight_warnings(weights_for(*betas, mode), mode)
+        assert any(CANCELS in w for w in warnings) == (mode in warned), mode
+        assert any("negative β" in w for w in warnings)      # every case here has a negative β
+
+
+# --- A plain transcription of METHOD.md §1–4 on tiny models, for every weight mode and baseline ---
+
+def plain_fusion_cam(head: Callable[[torch.Tensor], torch.Tensor], tail: Callable[[torch.Tensor], torch.Tensor],
+                     x: torch.Tensor, x_b: torch.Tensor, target: int, mode: str, theta: float = 10.0,
+                     strength: float = 1.0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """METHOD.md literally: ``A = head(x)``, ``f = tail(A)``; one forward per channel, numpy's
+    percentile, ``m(x, M) = x_b + M ⊙ (x − x_b)``. Returns the maps and the β's."""
+    eps, size = 1e-8, tuple(x.shape[-2:])
+
+    def n(m: torch.Tensor) -> torch.Tensor:
+        m = m - m.min()
+        return m / m.max() if m.max() > 0 else m
+
+    def up(m: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+    def logits(image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return tail(head(image[None]))[0]
+
+    def prob(mask: torch.Tensor) -> float:
+        return float(torch.softmax(logits(x_b + mask * (x - x_b)), 0)[target])
+
+    a = head(x[None]).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(tail(a)[0, target], a)
+    a, g = a[0].detach(), g[0]
+    l_grad = n(up(torch.relu((g.mean(dim=(1, 2))[:, None, None] * a).sum(0))))
+    tau = float(np.percentile(l_grad.numpy().astype(np.float64), theta))
+    l_den = n(l_grad * (l_grad >= tau))
+    scores = torch.stack([logits(x_b + n(up(a[k])) * (x - x_b))[target] for k in range(a.shape[0])])
+    alpha = torch.softmax(scores, 0)
+    l_reg = n(torch.relu(sum(alpha[k] * up(a[k]) for k in range(a.shape[0]))))
+    p_b = prob(torch.zeros(size))
+    beta_den, beta_reg = prob(l_den) - p_b, prob(l_reg) - p_b
+    if mode == "raw":
+        den_hat, reg_hat = beta_den, beta_reg
+    else:
+        den_hat, reg_hat = beta_den / (beta_den + beta_reg + eps), beta_reg / (beta_den + beta_reg + eps)
+    l_comb = n(den_hat * l_den + reg_hat * l_reg)
+    beta_comb = prob(l_comb) - p_b
+    if mode == "reference":
+        gamma1, gamma2 = beta_comb / (beta_comb + reg_hat + eps), reg_hat / (beta_comb + reg_hat + eps)
+    elif mode == "normalized":
+        gamma1, gamma2 = beta_comb / (beta_comb + beta_reg + eps), beta_reg / (beta_comb + beta_reg + eps)
+    else:
+        gamma1, gamma2 = beta_comb, beta_reg
+    l1, l2 = gamma1 * l_comb, gamma2 * l_reg
+    s = torch.clamp(1 - strength * (l1 - l2).abs(), 0, 1)
+    fused = n(s * torch.maximum(l1, l2) + (1 - s) * (l1 + l2) / 2)
+    maps = {"gradcam": l_grad, "denoised": l_den, "scorecam": l_reg, "combined": l_comb, "fusion": fused,
+            "agreement": s}
+    return {k: v.numpy() for k, v in maps.items()}, {"denoised": beta_den, "region": beta_reg, "combined": beta_comb}
+
+
+def plain_baseline(x: torch.Tensor, kind: str, model: LoadedModel) -> torch.Tensor:
+    """``x_b`` written out: 0, black ``(0 − mean) / std``, or torchvision's Gaussian blur (kernel 51, σ 50)."""
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind == "black":
+        return (-torch.tensor(model.mean) / torch.tensor(model.std))[:, None, None].expand_as(x).clone()
+    return gaussian_blur(x[None], [51, 51], [50.0, 50.0])[0]
+
+
+def assert_matches_plain(exp: Explanation, plain: tuple[dict[str, np.ndarray], dict[str, float]]) -> None:
+    maps, betas = plain
+    for name, expected in maps.items():
+        np.testing.assert_allclose(exp.maps[name], expected, atol=2e-5, err_msg=name)
+    for name, beta in betas.items():
+        assert exp.report["betas"][name] == pytest.approx(beta, abs=1e-6), name
+
+
+@pytest.mark.parametrize("baseline", ["mean", "black", "blur"])
+@pytest.mark.parametrize("mode", ["reference", "normalized", "raw"])
+def test_every_weight_mode_and_baseline_equals_a_plain_transcription(tiny_model: LoadedModel,
+                                                                    tiny_image: np.ndarray, mode: str,
+                                                                    baseline: str) -> None:
+    module = tiny_model.module
+    exp = explain(tiny_model, tiny_image, weights=mode, baseline=baseline, theta=20, strength=1.5)
+    x = exp.evidence.x
+
+    def head(image: torch.Tensor) -> torch.Tensor:
+        return module.features(torch.relu(module.stem(image)))
+
+    def tail(a: torch.Tensor) -> torch.Tensor:
+        return module.fc(module.pool(torch.relu(a)).flatten(1))
+
+    plain = plain_fusion_cam(head, tail, x, plain_baseline(x, baseline, tiny_model), exp.evidence.target, mode,
+                             theta=20, strength=1.5)
+    assert_matches_plain(exp, plain)
+
+
+class Inverted(nn.Module):
+    """Scores class 0 highest on the featureless baseline: every masked input has β < 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.features = nn.Conv2d(3, 4, 3, stride=2)
+        with torch.no_grad():
+            for parameter in self.features.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+    def tail(self, a: torch.Tensor) -> torch.Tensor:
+        energy = a.abs().mean(dim=(1, 2, 3))
+        return torch.stack([-energy, energy], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.features(x))
+
+
+def test_the_negative_scale_path_of_the_combined_map_cache_equals_a_plain_transcription(
+        tiny_image: np.ndarray) -> None:
+    """β_den + β_reg < 0: reference and normalized flip the combined map's sign, raw does not.
+    Re-fusing one evidence across the modes must score each combined map, not reuse another's."""
+    module = Inverted()
+    model = LoadedModel.from_module(module, input_size=(32, 32), class_names=["low", "high"],
+                                    default_layer="features")
+    first = explain(model, tiny_image, target=0)
+    assert first.report["betas"]["denoised"] + first.report["betas"]["region"] < 0
+    x, x_b = first.evidence.x, first.evidence.baseline
+    for mode in ("raw", "normalized", "reference", "raw"):
+        again = first.refuse(weights=mode)
+        assert_matches_plain(again, plain_fusion_cam(module.features, module.tail, x, x_b, 0, mode))
+        assert all(np.isfinite(m).all() for m in again.maps.values())
+        assert any("Unreliable weights" in w for w in again.report["warnings"])
+    raw, reference = first.refuse(weights="raw").maps["combined"], first.maps["combined"]
+    assert not np.allclose(raw, reference)          # the two signs really give two combined maps

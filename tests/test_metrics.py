@@ -63,6 +63,12 @@ def test_dataset_formulas() -> None:
     assert increase_in_confidence([0.5, 0.5], [0.6, 0.25]) == pytest.approx(50.0)
 
 
+def test_average_drop_counts_an_image_with_zero_probability_as_no_drop() -> None:
+    with np.errstate(all="raise"):                      # no 0/0 on the way
+        assert average_drop([0.5, 0.0], [0.25, 0.0]) == pytest.approx(25.0)   # 100 · mean(0.5, 0)
+        assert average_drop([0.0], [0.3]) == 0.0
+
+
 def test_steps_and_ordering() -> None:
     assert step_counts(224 * 224, 112)[1] == 448
     assert step_counts(224 * 224, 112)[-1] == 224 * 224
