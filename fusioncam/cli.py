@@ -1,31 +1,31 @@
-"""Command line: ``python -m fusioncam explain IMAGE --out DIR`` and ``python -m fusioncam layers``.
+"""Command line: ``python -m fusioncam explain IMAGE --out DIR``, ``layers`` and ``evaluate DIR``.
 
-Bad input (a missing or unreadable image, an unknown model or layer, a class out of range)
-prints one line on stderr and exits with code 2, leaving nothing half-written.
+Argument parsing only: the work is in the library (:mod:`fusioncam.export` writes the files,
+:mod:`fusioncam.evaluate` runs the evaluation, also under ``torchrun``). Bad input (a missing
+or unreadable image, an unknown model or layer, a class out of range) prints one line on
+stderr and exits with code 2, leaving nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
+from . import evaluate
 from .backend import DEVICES
 from .baselines import BASELINES
 from .capture import CaptureError
-from .explain import MAP_NAMES, REGION_METHODS, Explanation, explain
+from .explain import REGION_METHODS, explain
+from .export import reproduce_command, write_explanation
 from .fusion import WEIGHT_MODES
 from .gradient import GRADIENT_METHODS
 from .images import InputError
+from .methods import DEFAULT_METHODS, METHOD_NAMES, SALIENCY_MAPS, parse_methods
+from .metrics import DEFAULT_STEPS, score_maps
 from .models import BUNDLED, ModelError, load_model
-from .render import COLORMAPS, overlay, save_png
+from .render import COLORMAPS
 
 EXIT_USAGE = 2
 USER_ERRORS = (InputError, ModelError, CaptureError, ValueError, FileNotFoundError)
@@ -39,34 +39,38 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def write_explanation(explanation: Explanation, out_dir: Path, colormap: str = "jet", opacity: float = 0.5) -> None:
-    """Write ``NAME.npy`` and ``NAME.png`` (overlay on the original image) for every map, and
-    ``report.json``; files appear in ``out_dir`` only once all of them are written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fusioncam-", dir=out_dir))
-    try:
-        for name in MAP_NAMES:
-            np.save(staging / f"{name}.npy", explanation.maps[name])
-            picture = overlay(explanation.image, explanation.maps[name], colormap, opacity)
-            save_png(picture, str(staging / f"{name}.png"))
-        (staging / "report.json").write_text(json.dumps(explanation.report, indent=2))
-        for path in staging.iterdir():
-            os.replace(path, out_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _listed(parse: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
+    """An argparse type from a parser of comma-separated names that raises ``ValueError``."""
+    def convert(text: str) -> list[str]:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return convert
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    """``explain IMAGE``: compute, then write the maps, overlays and report to ``--out``."""
+    """``explain IMAGE``: compute, optionally score the maps, then write the maps, overlays and
+    report (and ``report.html`` / ``panel.png``) to ``--out``."""
     image = Path(args.image)
     if not image.is_file():
         raise InputError(f"No such image file: {image}.")
+    if args.faithfulness is not None and args.faithfulness < 1:
+        raise ValueError(f"--faithfulness needs ≥ 1 curve steps, got {args.faithfulness}")
     model = load_model(args.model, device=args.device)
     explanation = explain(model, str(image), target=args.class_index, layer=args.layer, theta=args.theta,
                           strength=args.strength, weights=args.weights, baseline=args.baseline,
                           gradient_method=args.gradient_method, region_method=args.region_method,
                           top_k=args.top_k)
-    write_explanation(explanation, Path(args.out), args.colormap, args.opacity)
+    scores = None
+    if args.faithfulness is not None:
+        evidence = explanation.evidence
+        scores = score_maps(model, evidence.x, {name: explanation.maps[name] for name in SALIENCY_MAPS},
+                            evidence.target, evidence.baseline, args.faithfulness)
+    command = reproduce_command(explanation.report, args.image, args.out, args.colormap, args.opacity, args.html,
+                                args.png, args.faithfulness)
+    write_explanation(explanation, Path(args.out), args.colormap, args.opacity, html_report=args.html,
+                      panel_png=args.png, faithfulness=scores, command=command)
     report = explanation.report
     print(f"{report['class_name']} (class {report['class_index']}, p = {report['probability']:.3f}) at layer "
           f"{report['layer']}: {report['forward_passes']['masked']} masked passes, "
@@ -106,17 +110,46 @@ def build_parser() -> OneLineParser:
     explain_cmd.add_argument("--device", choices=DEVICES, default="auto")
     explain_cmd.add_argument("--colormap", choices=list(COLORMAPS), default="jet")
     explain_cmd.add_argument("--opacity", type=float, default=0.5)
+    explain_cmd.add_argument("--faithfulness", type=int, nargs="?", const=DEFAULT_STEPS, default=None,
+                             metavar="STEPS", help="also score every map (Average Drop, Deletion, Insertion; "
+                             f"curve steps, default {DEFAULT_STEPS}) into the report")
     explain_cmd.add_argument("--out", required=True, help="output folder")
+    explain_cmd.add_argument("--html", action="store_true",
+                             help="also write report.html: one self-contained page to keep or forward")
+    explain_cmd.add_argument("--png", action="store_true", help="also write panel.png: every map on one slide")
     explain_cmd.set_defaults(handler=run_explain)
 
     layers_cmd = commands.add_parser("layers", help="list a model's candidate target layers")
     layers_cmd.add_argument("--model", default=BUNDLED)
     layers_cmd.set_defaults(handler=run_layers)
 
-    from .evaluate import add_evaluate_command
-
-    add_evaluate_command(commands)
+    evaluate_cmd = commands.add_parser("evaluate", help="score the methods' faithfulness over a folder of images "
+                                       "(one process, or every rank of torchrun)")
+    evaluate_cmd.add_argument("folder", metavar="DIR",
+                              help="folder of images (a leading class index in a name is the label)")
+    evaluate_cmd.add_argument("--model", default=BUNDLED, help=f"{BUNDLED} (bundled), timm:NAME or torchvision:NAME")
+    evaluate_cmd.add_argument("--methods", type=_listed(parse_methods), default=list(DEFAULT_METHODS),
+                              help=f"comma-separated, from {', '.join(METHOD_NAMES)} "
+                              f"(default: {','.join(DEFAULT_METHODS)})")
+    evaluate_cmd.add_argument("--metrics", type=_listed(evaluate.parse_metrics), default=None,
+                              help=f"comma-separated, from {', '.join(evaluate.METRICS)} (default: all; on the CPU "
+                              "all but road, whose imputations are slow there)")
+    evaluate_cmd.add_argument("--limit", type=int, default=None, help="only the first N images (by file name)")
+    evaluate_cmd.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="deletion / insertion steps")
+    evaluate_cmd.add_argument("--theta", type=float, default=10.0, help="denoising percentile θ in [0, 100]")
+    evaluate_cmd.add_argument("--strength", type=float, default=1.0, help="fusion strength λ ≥ 0")
+    evaluate_cmd.add_argument("--device", choices=DEVICES, default="auto",
+                              help="under torchrun, cuda means cuda:LOCAL_RANK for each rank")
+    evaluate_cmd.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
+    evaluate_cmd.set_defaults(handler=run_evaluate)
     return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate DIR``: the faithfulness table over a folder (see :func:`fusioncam.evaluate.run_evaluate`)."""
+    return evaluate.run_evaluate(Path(args.folder), Path(args.out), model=args.model, methods=args.methods,
+                                 metrics=args.metrics, steps=args.steps, theta=args.theta, strength=args.strength,
+                                 device=args.device, limit=args.limit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,14 +2,21 @@
 
 Every method is scored on the same evidence of each image (target: the predicted class): one
 forward + backward gives every gradient map, one exact Score-CAM pass serves Score-CAM and
-Fusion-CAM. The metrics are those of :mod:`fusioncam.metrics`. The JSON holds the settings,
-one record per image and the summary; it is rewritten atomically after every image, so an
-interrupted run keeps what it finished and a rerun with the same ``--out`` resumes.
+Fusion-CAM. The metrics are those of :mod:`fusioncam.metrics`, chosen with ``metrics``. The
+JSON holds the settings, one record per image (in file-name order) and the summary; it is
+rewritten atomically after every round of images, so an interrupted run keeps what it finished
+and a rerun with the same ``out`` resumes.
+
+Under ``torchrun`` (:mod:`fusioncam.distributed`) the images still to do are dealt out round
+by round — image ``t·N + r`` of that list to rank ``r`` of ``N`` in round ``t`` — and each
+round's records are gathered on rank 0, which alone writes the JSON, shows the progress bar
+and prints the table. A record depends only on its image, so the JSON equals a single
+process's (same threads per process) except for each record's ``rank`` and the timings, and a
+rerun with any number of ranks finishes only the images still missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -17,38 +24,61 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from . import fusion
-from .backend import DEVICES
-from .explain import Evidence, FusionParams, capture_evidence, derive, score_regions
+from .distributed import Ranks, process_group
+from .explain import FusionParams, GradientEvidence, capture_evidence, derive, score_regions
 from .gradient import GRADIENT_METHODS
 from .images import InputError, load_image
-from .metrics import DEFAULT_STEPS, MapScores, average_drop, increase_in_confidence, score_maps
+from .methods import DEFAULT_METHODS, METHOD_NAMES
+from .metrics import (
+    DEFAULT_STEPS,
+    ROAD_NOISE,
+    MapScores,
+    RoadScores,
+    average_drop,
+    increase_in_confidence,
+    protocol_card,
+    road,
+    score_maps,
+)
 from .models import BUNDLED, LoadedModel, load_model
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "fusion")
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
-                "denoised": "denoised Grad-CAM", "scorecam": "Score-CAM", "combined": "combined",
-                "fusion": "Fusion-CAM"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 LABEL_PREFIX = re.compile(r"^(\d+)(?=[_\- ])")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+METRICS = ("ad", "ic", "deletion", "insertion", "road")
+# Table columns: (summary key, header, number format).
+COLUMNS = (("average_drop", "Average Drop (%) ↓", ".2f"),
+           ("increase_in_confidence", "Increase in Confidence (%) ↑", ".1f"),
+           ("deletion", "Deletion AUC ↓", ".4f"),
+           ("insertion", "Insertion AUC ↑", ".4f"),
+           ("road_morf", "ROAD MoRF ↓", ".4f"),
+           ("road_lerf", "ROAD LeRF ↑", ".4f"),
+           ("road", "ROAD ↑", ".4f"))
+ROAD_KEYS = ("road_morf", "road_lerf", "road")
+Progress = Callable[[str, int, int], None]     # (stage, done, total)
 
 
-def parse_methods(text: str) -> list[str]:
-    """``"gradcam,scorecam,fusion"`` → a list of known methods, in order, without repeats."""
-    methods = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
-    unknown = [name for name in methods if name not in METHOD_NAMES]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or '(none)'}; choose from "
-                                         f"{', '.join(METHOD_NAMES)}")
-    return methods
+def parse_metrics(text: str) -> list[str]:
+    """``"ad,deletion"`` → a list of known metrics, in :data:`METRICS` order, without repeats."""
+    chosen = {name.strip().lower() for name in text.split(",") if name.strip()}
+    unknown = sorted(chosen - set(METRICS))
+    if unknown or not chosen:
+        raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+    return [m for m in METRICS if m in chosen]
+
+
+def default_metrics(device: str) -> list[str]:
+    """Every metric but ROAD on the CPU (ROAD's many passes are for a GPU), every one elsewhere."""
+    return [m for m in METRICS if m != "road" or not device.startswith("cpu")]
 
 
 def list_images(folder: Path, limit: int | None = None) -> list[Path]:
@@ -67,13 +97,15 @@ def label_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def compute_maps(model: LoadedModel, path: Path, methods: list[str], params: FusionParams,
-                 ) -> tuple[Evidence, dict[str, torch.Tensor], dict[str, float], list[str]]:
+def compute_maps(model: LoadedModel, path: Path, methods: Sequence[str], params: FusionParams,
+                 progress: Progress | None = None,
+                 ) -> tuple[GradientEvidence, dict[str, torch.Tensor], dict[str, float], list[str]]:
     """Every requested map from one evidence, the seconds each took and the fusion's warnings.
 
     A method's seconds are the sum of the stages it needs: capture (forward + backward), its
     gradient map, denoising, the Score-CAM pass, the fusion scoring — shared stages count in
-    full for each method that uses them.
+    full for each method that uses them. ``progress("Score-CAM", done, total)`` follows the
+    masked passes.
     """
     stage: dict[str, float] = {}
 
@@ -95,9 +127,10 @@ def compute_maps(model: LoadedModel, path: Path, methods: list[str], params: Fus
                                                                    params.theta)[0])
     warnings: list[str] = []
     if {"scorecam", "combined", "fusion"} & set(methods):
-        maps["scorecam"] = timed("scorecam", lambda: (score_regions(model, [evidence]), evidence.region_map())[1])
+        (regions,) = timed("scorecam", lambda: score_regions(model, [evidence], progress=_stage(progress, "Score-CAM")))
+        maps["scorecam"] = regions.region_map()
     if {"combined", "fusion"} & set(methods):
-        (explanation,) = timed("fusion", lambda: derive(model, [evidence], params))
+        (explanation,) = timed("fusion", lambda: derive(model, [regions], params))
         maps["combined"] = torch.from_numpy(explanation.maps["combined"])
         maps["fusion"] = torch.from_numpy(explanation.maps["fusion"])
         warnings = explanation.report["warnings"]
@@ -108,12 +141,20 @@ def compute_maps(model: LoadedModel, path: Path, methods: list[str], params: Fus
     return evidence, {m: maps[m] for m in methods}, seconds, warnings
 
 
-def evaluate_image(model: LoadedModel, path: Path, methods: list[str], params: FusionParams, steps: int,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """One image's record: prediction, label, and per method its metric values and curves."""
-    evidence, maps, seconds, warnings = compute_maps(model, path, methods, params)
+def evaluate_image(model: LoadedModel, path: Path, methods: Sequence[str], params: FusionParams, steps: int,
+                   metrics: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
+    """One image's record: prediction, label, and per method its ``metrics`` (and curves).
+
+    Without Deletion or Insertion the curves are not kept and are scored with one step (their
+    cheapest form), so only the ``1 + 5·M`` passes of ``p(x)`` and ``p(m(x, L))`` remain.
+    """
+    evidence, maps, seconds, warnings = compute_maps(model, path, methods, params, progress)
     started = time.perf_counter()
-    scores = score_maps(model, evidence.x, maps, evidence.target, evidence.baseline, steps, progress=progress)
+    curves = {"deletion", "insertion"} & set(metrics)
+    scores = score_maps(model, evidence.x, maps, evidence.target, evidence.baseline, steps if curves else 1,
+                        progress=_stage(progress, "scoring"))
+    roads = road(model, evidence.x, evidence.target, maps, progress=_stage(progress, "ROAD")) \
+        if "road" in metrics else {}
     label = label_of(path.name)
     first = next(iter(scores.values()))
     return {
@@ -123,21 +164,44 @@ def evaluate_image(model: LoadedModel, path: Path, methods: list[str], params: F
         "label": label,
         "correct": None if label is None else label == evidence.target,
         "probability": first.probability,
-        "methods": {m: _method_record(scores[m], seconds[m]) for m in methods},
+        "methods": {m: _method_record(scores[m], roads.get(m), seconds[m], metrics) for m in methods},
         "scoring_seconds": round(time.perf_counter() - started, 4),
         "warnings": warnings,
     }
 
 
-def _method_record(score: MapScores, seconds: float) -> dict[str, Any]:
-    return {"masked_probability": score.masked_probability, "drop": score.drop, "increase": score.increase,
-            "deletion": score.deletion_auc, "insertion": score.insertion_auc, "seconds": round(seconds, 4),
-            "deletion_curve": [round(v, 6) for v in score.deletion.tolist()],
-            "insertion_curve": [round(v, 6) for v in score.insertion.tolist()]}
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    """``progress`` with its stage name filled in."""
+    return None if progress is None else (lambda done, total: progress(stage, done, total))
 
 
-def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
-    """Dataset-level metrics per method over the scored records (failed images left out)."""
+def _method_record(score: MapScores, roads: RoadScores | None, seconds: float,
+                   metrics: Sequence[str]) -> dict[str, Any]:
+    """One method's values on one image: only the chosen metrics' (and the seconds)."""
+    record: dict[str, Any] = {}
+    if {"ad", "ic"} & set(metrics):
+        record["masked_probability"] = score.masked_probability
+    if "ad" in metrics:
+        record["drop"] = score.drop
+    if "ic" in metrics:
+        record["increase"] = score.increase
+    curves = [curve for curve in ("deletion", "insertion") if curve in metrics]
+    for curve in curves:
+        record[curve] = score.deletion_auc if curve == "deletion" else score.insertion_auc
+    if roads is not None:
+        record.update(road_morf=roads.morf_mean, road_lerf=roads.lerf_mean, road=roads.combined)
+    record["seconds"] = round(seconds, 4)
+    for curve in curves:
+        record[f"{curve}_curve"] = [round(v, 6) for v in getattr(score, curve).tolist()]
+    if roads is not None:
+        record["road_morf_curve"] = [round(v, 6) for v in roads.morf.tolist()]
+        record["road_lerf_curve"] = [round(v, 6) for v in roads.lerf.tolist()]
+    return record
+
+
+def summarize(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Dataset-level metrics per method over the scored records (failed images left out): Average
+    Drop and Increase in Confidence over the images, the mean of every AUC and ROAD score."""
     scored = [r for r in records if "error" not in r]
     labelled = [r for r in scored if r["correct"] is not None]
     summary: dict[str, Any] = {
@@ -152,26 +216,29 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     y = [r["probability"] for r in scored]
     for m in methods:
         values = [r["methods"][m] for r in scored]
-        o = [v["masked_probability"] for v in values]
-        summary["methods"][m] = {
-            "average_drop": average_drop(y, o),
-            "increase_in_confidence": increase_in_confidence(y, o),
-            "deletion": sum(v["deletion"] for v in values) / len(values),
-            "insertion": sum(v["insertion"] for v in values) / len(values),
-            "seconds_per_image": sum(v["seconds"] for v in values) / len(values),
-        }
+        row: dict[str, float] = {}
+        if "drop" in values[0]:
+            row["average_drop"] = average_drop(y, [v["masked_probability"] for v in values])
+        if "increase" in values[0]:
+            row["increase_in_confidence"] = increase_in_confidence(y, [v["masked_probability"] for v in values])
+        for key in ("deletion", "insertion", *ROAD_KEYS):
+            if key in values[0]:
+                row[key] = sum(v[key] for v in values) / len(values)
+        row["seconds_per_image"] = sum(v["seconds"] for v in values) / len(values)
+        summary["methods"][m] = row
     summary["scoring_seconds_per_image"] = sum(r["scoring_seconds"] for r in scored) / len(scored)
     return summary
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """One row per method: Average Drop, Increase in Confidence, Deletion, Insertion, seconds per image."""
-    lines = ["| Method | Average Drop (%) ↓ | Increase in Confidence (%) ↑ | Deletion AUC ↓ | Insertion AUC ↑ "
-             "| Seconds / image |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for m, row in summary["methods"].items():
-        lines.append(f"| {METHOD_NAMES[m]} | {row['average_drop']:.2f} | {row['increase_in_confidence']:.1f} "
-                     f"| {row['deletion']:.4f} | {row['insertion']:.4f} | {row['seconds_per_image']:.3f} |")
+    """One row per method: each metric the summary holds (:data:`COLUMNS`), then seconds per image."""
+    rows = summary["methods"]
+    shown = [column for column in COLUMNS if rows and column[0] in next(iter(rows.values()))]
+    lines = ["| Method | " + " | ".join(header for _, header, _ in shown) + " | Seconds / image |",
+             "| --- |" + " ---: |" * (len(shown) + 1)]
+    for m, row in rows.items():
+        cells = [f"{row[key]:{spec}}" for key, _, spec in shown] + [f"{row['seconds_per_image']:.3f}"]
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -214,105 +281,100 @@ def load_previous(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-class ProgressBar:
-    """A plain-text progress bar on a terminal stream (one line per image when not a terminal)."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, width: int = 24) -> None:
-        self.total, self.stream, self.width = total, stream or sys.stderr, width
-        self.started = time.perf_counter()
-        self.live = self.stream.isatty()
-        self.finished = 0
-
-    def update(self, done: float, label: str = "", final: bool = False) -> None:
-        """Show ``done`` of ``total`` images (fractions while one is in progress)."""
-        if not (self.live or final):
-            return
-        if final:
-            self.finished += 1
-        filled = int(self.width * done / max(self.total, 1))
-        elapsed = time.perf_counter() - self.started
-        rate = elapsed / self.finished if self.finished else 0.0
-        eta = f"ETA {_clock(rate * (self.total - done))}" if self.finished else "ETA …"
-        line = f"[{'#' * filled}{'-' * (self.width - filled)}] {done:.0f}/{self.total}  {eta}  {label}"
-        if self.live:
-            self.stream.write(f"\r{line[:120]:<120}")
-            if final and done >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+def run_evaluate(folder: Path, out: Path, *, model: str = BUNDLED, methods: Sequence[str] = DEFAULT_METHODS,
+                 metrics: Sequence[str] | None = None, steps: int = DEFAULT_STEPS, theta: float = 10.0,
+                 strength: float = 1.0, device: str = "auto", limit: int | None = None) -> int:
+    """Score every method on every image of ``folder`` (the first ``limit``), resuming from ``out``
+    when it exists; on one process or on every rank of a ``torchrun`` launch. Returns the exit code."""
+    if steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {steps}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be ≥ 1, got {limit}")
+    params = FusionParams(theta=theta, strength=strength).validated()
+    with process_group(device) as ranks:
+        config = {"format": FORMAT_VERSION, "model": model, "methods": list(methods),
+                  "metrics": list(metrics or default_metrics(ranks.device)), "steps": steps,
+                  "theta": params.theta, "strength": params.strength, "weights": params.weights,
+                  "baseline": "mean", "region_method": "scorecam", "target": "predicted"}
+        plan: tuple[str | None, list[str], list[dict[str, Any]]] = (None, [], [])
+        if ranks.main:
+            try:
+                images = list_images(folder, limit)
+                plan = (None, [p.name for p in images], load_previous(out, config))
+            except InputError as error:
+                plan = (str(error), [], [])
+        error, names, records = ranks.broadcast(plan)
+        if error is not None:
+            if ranks.main:
+                raise InputError(error)
+            return 2
+        return _run(ranks, folder, out, config, params, names, records)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate DIR``: score every method on every image, resuming from ``--out`` when it exists."""
-    if args.steps < 1:
-        raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be ≥ 1, got {args.limit}")
-    params = FusionParams(theta=args.theta, strength=args.strength).validated()
-    images = list_images(Path(args.folder), args.limit)
-    out = Path(args.out)
-    config = {"format": FORMAT_VERSION, "model": args.model, "methods": args.methods, "steps": args.steps,
-              "theta": params.theta, "strength": params.strength, "weights": params.weights, "baseline": "mean",
-              "region_method": "scorecam", "target": "predicted"}
-    records = load_previous(out, config)
+def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: FusionParams, names: list[str],
+         records: list[dict[str, Any]]) -> int:
+    """The rounds: each rank scores its image, rank 0 gathers, saves and reports."""
+    methods, metrics, steps = config["methods"], config["metrics"], config["steps"]
     done = {r["file"] for r in records}
-    todo = [p for p in images if p.name not in done]
-    model = load_model(args.model, device=args.device)
-    environment = {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
-    if done:
-        print(f"resuming {out}: {len(images) - len(todo)} of {len(images)} images already done", file=sys.stderr)
+    todo = [name for name in names if name not in done]
+    network = load_model(config["model"], device=ranks.device)
+    environment = {"device": str(network.device), "world_size": ranks.world_size, "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), "platform": platform.platform(),
+                   "processor": platform.processor() or platform.machine()}
+    order = {name: index for index, name in enumerate(names)}
+    if ranks.main and done:
+        print(f"resuming {out}: {len(names) - len(todo)} of {len(names)} images already done", file=sys.stderr)
 
     def save() -> None:
-        write_json_atomic(out, {"config": config, "environment": environment, "folder": str(Path(args.folder)),
+        records.sort(key=lambda r: order.get(r["file"], len(order)))
+        write_json_atomic(out, {"config": config, "environment": environment, "folder": str(folder),
                                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "images": records, "summary": summarize(records, args.methods)})
+                                "images": records, "summary": summarize(records, methods)})
 
-    bar = ProgressBar(len(images))
-    finished = len(images) - len(todo)
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), unit="image", disable=not ranks.main,
+               file=sys.stderr, dynamic_ncols=True)
+    shown = [0.0]
+
+    def progress(stage: str, step: int, total: int) -> None:
+        if time.monotonic() - shown[0] > 0.5 or step == total:
+            shown[0] = time.monotonic()
+            bar.set_postfix_str(f"{stage} {step}/{total}", refresh=True)
+
     try:
-        for path in todo:
-            def inner(done_jobs: int, total_jobs: int, start: int = finished, name: str = path.name) -> None:
-                bar.update(start + done_jobs / total_jobs, name)
-
-            bar.update(finished, path.name)
-            try:
-                records.append(evaluate_image(model, path, args.methods, params, args.steps, inner))
-            except InputError as error:
-                records.append({"file": path.name, "error": str(error)})
-                print(f"\nwarning: skipped {path.name}: {error}", file=sys.stderr)
-            save()
-            finished += 1
-            bar.update(finished, path.name, final=True)
+        for start in range(0, len(todo), ranks.world_size):
+            mine = todo[start + ranks.rank] if start + ranks.rank < len(todo) else None
+            record = None
+            if mine is not None:
+                bar.set_description_str(mine, refresh=False)
+                record = _record(network, folder / mine, methods, params, steps, metrics, progress, ranks.rank)
+            gathered = [r for r in ranks.gather(record) if r is not None]
+            if ranks.main:
+                for failed in (r for r in gathered if "error" in r):
+                    bar.write(f"warning: skipped {failed['file']}: {failed['error']}", file=sys.stderr)
+                records.extend(gathered)
+                save()
+                bar.update(len(gathered))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out} keeps the {finished} images finished so far", file=sys.stderr)
+        if ranks.main:
+            bar.write(f"interrupted: {out} keeps the {len(records)} images finished so far", file=sys.stderr)
         raise
     finally:
-        summary = summarize(records, args.methods)
-        if summary["images"]:
-            print(f"{describe(summary)}; model {args.model}, {args.steps} steps, θ = {params.theta:g}, "
+        bar.close()
+        summary = summarize(records, methods)
+        if ranks.main and summary["images"]:
+            print(f"{describe(summary)}; model {config['model']}, {steps} steps, θ = {params.theta:g}, "
                   f"λ = {params.strength:g}; written to {out}\n")
             print(markdown_table(summary))
+            print("\n" + protocol_card("mean", steps, network.input_size,
+                                       ROAD_NOISE if "road" in metrics else None))
     return 0
 
 
-def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
-    """Register ``evaluate`` on the CLI's sub-command parsers."""
-    cmd = commands.add_parser("evaluate", help="score the methods' faithfulness over a folder of images")
-    cmd.add_argument("folder", metavar="DIR", help="folder of images (a leading class index in a name is the label)")
-    cmd.add_argument("--model", default=BUNDLED, help=f"{BUNDLED} (bundled), timm:NAME or torchvision:NAME")
-    cmd.add_argument("--methods", type=parse_methods, default=list(DEFAULT_METHODS),
-                     help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default: {','.join(DEFAULT_METHODS)})")
-    cmd.add_argument("--limit", type=int, default=None, help="only the first N images (by file name)")
-    cmd.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="deletion / insertion steps")
-    cmd.add_argument("--theta", type=float, default=10.0, help="denoising percentile θ in [0, 100]")
-    cmd.add_argument("--strength", type=float, default=1.0, help="fusion strength λ ≥ 0")
-    cmd.add_argument("--device", choices=DEVICES, default="auto")
-    cmd.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
-    cmd.set_defaults(handler=run_evaluate)
+def _record(model: LoadedModel, path: Path, methods: Sequence[str], params: FusionParams, steps: int,
+            metrics: Sequence[str], progress: Progress, rank: int) -> dict[str, Any]:
+    """One image's record, or its error when it cannot be read, marked with the rank that made it."""
+    try:
+        record = evaluate_image(model, path, methods, params, steps, metrics, progress)
+    except InputError as error:
+        record = {"file": path.name, "error": str(error)}
+    return {**record, "rank": rank}

@@ -1,4 +1,4 @@
-"""``python -m fusioncam evaluate``: JSON and table, labels from file names, resume, interruption, errors."""
+"""``python -m fusioncam evaluate``: JSON and table, labels from file names, metrics, resume, interruption, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from fusioncam import LoadedModel, cli
 from fusioncam import evaluate as evaluation
-from fusioncam.evaluate import label_of, list_images, parse_methods
+from fusioncam.evaluate import label_of, list_images, parse_metrics
+from fusioncam.methods import parse_methods
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FAST = ["--steps", "6", "--methods", "gradcam,layercam,scorecam,fusion,denoised"]
@@ -49,6 +50,9 @@ def test_helpers(folder: Path) -> None:
     assert label_of("rocket.jpg") is None and label_of("2024.jpg") is None
     assert [p.name for p in list_images(folder)] == ["001_cat.jpg", "003_coffee.jpg", "rocket.jpg"]
     assert parse_methods("fusion, gradcam,fusion") == ["fusion", "gradcam"]
+    assert parse_metrics("insertion,AD, road,ad") == ["ad", "insertion", "road"]
+    with pytest.raises(ValueError, match="unknown metric pointing"):
+        parse_metrics("ad,pointing")
 
 
 def test_three_images_give_json_and_table(folder: Path, tmp_path: Path, tiny_cli: list[str],
@@ -59,8 +63,11 @@ def test_three_images_give_json_and_table(folder: Path, tmp_path: Path, tiny_cli
     data = json.loads(out.read_text())
     methods = ["gradcam", "layercam", "scorecam", "fusion", "denoised"]
     assert data["config"]["methods"] == methods and data["config"]["steps"] == 6
+    assert data["config"]["metrics"] == ["ad", "ic", "deletion", "insertion"]          # no ROAD on the CPU
+    assert data["environment"]["world_size"] == 1
     assert [r["file"] for r in data["images"]] == ["001_cat.jpg", "003_coffee.jpg", "rocket.jpg"]
     for record in data["images"]:
+        assert record["rank"] == 0
         assert record["correct"] == (None if record["label"] is None else record["label"] == record["target"])
         assert set(record["methods"]) == set(methods)
         for values in record["methods"].values():
@@ -73,12 +80,33 @@ def test_three_images_give_json_and_table(folder: Path, tmp_path: Path, tiny_cli
     o = [r["methods"]["fusion"]["masked_probability"] for r in data["images"]]
     expected_drop = 100 * sum(max(0.0, a - b) / a for a, b in zip(y, o, strict=True)) / 3
     assert summary["methods"]["fusion"]["average_drop"] == pytest.approx(expected_drop)
-    table = [line for line in printed.out.splitlines() if line.startswith("|")]
+    results, card = printed.out.split("| Protocol | Setting |")
+    table = [line for line in results.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(methods)
     assert table[0].startswith("| Method | Average Drop") and "Seconds / image" in table[0]
     assert any(row.startswith("| Fusion-CAM |") for row in table)
     assert f"{summary['methods']['fusion']['deletion']:.4f}" in printed.out
-    assert "3/3" in printed.err                                  # the progress bar
+    assert "3/3" in printed.err                                  # the progress bar (tqdm)
+    assert "| Masking baseline |" in card and "ROAD" not in printed.out
+
+
+def test_metrics_choose_the_record_keys_the_columns_and_the_card(folder: Path, tmp_path: Path, tiny_cli: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    assert cli.main(["evaluate", str(folder), "--out", str(out), "--steps", "6", "--methods", "gradcam,fusion",
+                     "--metrics", "road,ad", "--limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["config"]["metrics"] == ["ad", "road"]
+    values = data["images"][0]["methods"]["fusion"]
+    assert set(values) == {"masked_probability", "drop", "road_morf", "road_lerf", "road", "seconds",
+                           "road_morf_curve", "road_lerf_curve"}
+    assert values["road"] == pytest.approx((values["road_lerf"] - values["road_morf"]) / 2)
+    assert len(values["road_morf_curve"]) == len(values["road_lerf_curve"]) == 9
+    header = next(line for line in printed.splitlines() if line.startswith("| Method"))
+    assert header == "| Method | Average Drop (%) ↓ | ROAD MoRF ↓ | ROAD LeRF ↑ | ROAD ↑ | Seconds / image |"
+    assert f"{data['summary']['methods']['fusion']['road']:.4f}" in printed
+    assert "| ROAD | percentiles 10, 20" in printed                  # the protocol card states ROAD's settings
 
 
 def test_rerun_resumes_where_it_stopped(folder: Path, tmp_path: Path, tiny_cli: list[str],
@@ -124,6 +152,7 @@ def test_unreadable_image_is_skipped(folder: Path, tmp_path: Path, tiny_cli: lis
     (["{missing}"], "No such folder"),
     (["{empty}"], "No image files"),
     (["{folder}", "--methods", "gradcam,magic"], "unknown method magic"),
+    (["{folder}", "--metrics", "ad,pointing"], "unknown metric pointing"),
     (["{folder}", "--steps", "0"], "--steps must be"),
     (["{folder}", "--theta", "120"], "theta"),
 ])

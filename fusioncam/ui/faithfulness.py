@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from fusioncam.evaluate import METHOD_NAMES
 from fusioncam.explain import Explanation
 from fusioncam.gradient import GRADIENT_METHODS
+from fusioncam.methods import METHOD_NAMES
 from fusioncam.metrics import DEFAULT_STEPS, MapScores, score_maps
 
 SHOWN_MAPS = ("gradcam", "denoised", "scorecam", "combined", "fusion")   # the agreement map is no saliency
