@@ -7,8 +7,10 @@ the CLI and the app all read images through :func:`load_image`.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,17 +135,76 @@ def load_image(source: ImageSource) -> Image.Image:
     return image
 
 
+GEOMETRY_MODES = ("squash", "shorter", "cover")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes the model's ``H×W`` input: a resize, then a centre crop to ``H×W``.
+
+    ``mode`` (the scaled size ``scale = (S_h, S_w)``, ``None``: the model's ``H×W``):
+
+    - ``squash``: resize to exactly ``S_h×S_w`` (aspect changes; with ``scale = H×W`` no crop);
+    - ``shorter``: the shorter side to ``S_h``, the longer to ``⌊S_h·long/short⌋`` (torchvision's
+      ``Resize(S)``, used by torchvision's presets and timm's square ``center`` mode);
+    - ``cover``: scale by ``r = min(h/S_h, w/S_w)`` to ``(round(h/r), round(w/r))`` (timm's
+      ``ResizeKeepRatio`` for non-square ``center`` mode).
+
+    The crop keeps the middle: offset ``round((size − crop) / 2)`` (torchvision's ``CenterCrop``).
+    ``interpolation`` is a Pillow filter name (timm and torchvision resize Pillow images with it).
+    """
+
+    mode: str = "squash"
+    scale: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.mode not in GEOMETRY_MODES:
+            raise ValueError(f"unknown resize mode {self.mode!r}; choose one of {', '.join(GEOMETRY_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of "
+                             f"{', '.join(INTERPOLATIONS)}")
+
+    @classmethod
+    def centre_crop(cls, size: tuple[int, int], crop_pct: float = 0.875,
+                    interpolation: str = "bilinear") -> Geometry:
+        """The shorter side to ``⌊max(H, W) / crop_pct⌋``, then the centre ``H×W``."""
+        side = math.floor(max(size) / crop_pct)
+        return cls("shorter", (side, side), interpolation)
+
+    def resized_size(self, image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+        """``(width, height)`` of the resized image for an image of ``image_size = (width, height)``."""
+        width, height = image_size
+        scale_h, scale_w = self.scale or size
+        if self.mode == "squash":
+            return scale_w, scale_h
+        if self.mode == "shorter":
+            short, long = sorted((width, height))
+            new_long = int(scale_h * long / short)
+            return (scale_h, new_long) if width <= height else (new_long, scale_h)
+        ratio = min(height / scale_h, width / scale_w)
+        return round(width / ratio), round(height / ratio)
+
+    def fit(self, image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, tuple[int, int, int, int]]:
+        """``(model_image, box)``: ``image`` resized and centre-cropped to ``size = (H, W)``, and
+        the ``(left, top, right, bottom)`` box of the original image that it shows."""
+        height, width = size
+        resized_w, resized_h = self.resized_size(image.size, size)
+        if resized_w < width or resized_h < height:
+            raise ValueError(f"a {self.mode} resize to {resized_w}×{resized_h} cannot be cropped to {width}×{height}")
+        resized = image.resize((resized_w, resized_h), Image.Resampling[self.interpolation.upper()])
+        left, top = int(round((resized_w - width) / 2.0)), int(round((resized_h - height) / 2.0))
+        fx, fy = image.width / resized_w, image.height / resized_h
+        box = (round(left * fx), round(top * fy), round((left + width) * fx), round((top + height) * fy))
+        return resized.crop((left, top, left + width, top + height)), box
+
+
 def resize_for_model(image: Image.Image, size: tuple[int, int], crop: bool = False) -> Image.Image:
     """Resize to the model's ``(H, W)``: a direct (aspect-changing) resize as the reference does,
-    or with ``crop=True`` a shorter-side resize to ``size / 0.875`` then a centre crop."""
-    height, width = size
-    if not crop:
-        return image.resize((width, height), Image.Resampling.BILINEAR)
-    scale = max(height, width) / 0.875 / min(image.size)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.Resampling.BILINEAR)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    or with ``crop=True`` a shorter-side resize to ``⌊max(H, W) / 0.875⌋`` then a centre crop."""
+    geometry = Geometry.centre_crop(size) if crop else Geometry()
+    return geometry.fit(image, size)[0]
 
 
 def normalize_image(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
