@@ -19,10 +19,11 @@ from fusioncam.metrics import DEFAULT_STEPS
 from fusioncam.models import BUNDLED
 from fusioncam.render import COLORMAPS
 from fusioncam.ui import handlers, text
-from fusioncam.ui.catalog import DEFAULT_LAYER, MODEL_CHOICES, MODELS, TOP_CLASS
+from fusioncam.ui.catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, any_model_allowed, model_choices
 from fusioncam.ui.compute import MAX_STEPS
 from fusioncam.ui.faithfulness import HEADERS as FAITHFULNESS_HEADERS
 from fusioncam.ui.inputs import undecoded_upload
+from fusioncam.ui.warmup import warm_up_in_background
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES = sorted(str(path) for path in ASSETS.glob("*.jpg"))
@@ -54,9 +55,9 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                                                     elem_id="input-image", height=280))
             gr.Examples(EXAMPLES, inputs=ui["image"], label="Examples (click one)")
             ui["run"] = gr.Button("Explain", variant="primary", elem_id="run")
-            ui["model"] = gr.Dropdown(MODEL_CHOICES, value=BUNDLED, label="Model", allow_custom_value=True,
-                                      info="The bundled model works offline; the others download once. "
-                                           "Any timm:NAME or torchvision:NAME works too.", elem_id="model")
+            ui["model"] = gr.Dropdown(model_choices(), value=BUNDLED, label="Model",
+                                      allow_custom_value=any_model_allowed(), info=text.model_info(any_model_allowed()),
+                                      elem_id="model")
             ui["target-class"] = gr.Dropdown([("Top prediction (automatic)", TOP_CLASS)], value=TOP_CLASS,
                                              label="Explain which class", allow_custom_value=True,
                                              info="The top-5 predictions first, then every class (type to search).",
@@ -176,5 +177,6 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
+    warm_up_in_background()
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), theme=gr.themes.Soft(), css=CSS,
                 **LAUNCH_OPTIONS)

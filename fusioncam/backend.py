@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -130,10 +132,33 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def on_zero_gpu() -> bool:
+    """Whether this process is a ZeroGPU Space's main process (``spaces`` sets ``SPACES_ZERO_GPU``)."""
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
 def gpu_decorator(duration: int = 120) -> Callable[[F], F]:
-    """Hugging Face's ``spaces.GPU`` when that package is installed (ZeroGPU), else a no-op."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
+    """Hugging Face's ``spaces.GPU`` on ZeroGPU, else a no-op.
+
+    ZeroGPU runs each decorated call in a process forked from the main one. A fork copies
+    OpenMP's thread pool as dead threads: once the main process has run one multi-threaded
+    CPU op, the worker's first one waits forever (GNU libgomp). So on ZeroGPU the main process
+    runs PyTorch on one thread (it only draws pictures; the network runs in the workers), and
+    each worker sets its own thread count before it starts.
+    """
+    if not on_zero_gpu():
         return lambda function: function
-    return spaces.GPU(duration=duration)
+    import spaces  # type: ignore[import-not-found]
+
+    worker_threads = max(1, os.cpu_count() or 1)
+    torch.set_num_threads(1)
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def in_worker(*args: object, **kwargs: object) -> object:
+            torch.set_num_threads(worker_threads)
+            return function(*args, **kwargs)
+
+        return spaces.GPU(duration=duration)(in_worker)
+
+    return decorate

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from fusioncam import downloads
 from fusioncam.models import BUNDLED, LoadedModel, ModelError, load_model
 
 MODEL_CHOICES: list[tuple[str, str]] = [
@@ -24,21 +26,45 @@ MAX_NAME = 100              # longest model spec or layer name accepted from a u
 MODEL_SPEC = re.compile(r"(?:timm|torchvision):[A-Za-z0-9_.\-]+|[A-Za-z0-9_]+")
 LAYER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 MAX_PARAMETERS = 200_000_000   # hub models larger than this (ViT-L, ConvNeXt-XL …) are refused before download
+ALLOWED_MODELS = "FUSIONCAM_MODELS"            # comma-separated specs: the models a Space offers
+ALLOW_ANY_MODEL = "FUSIONCAM_ALLOW_ANY_MODEL"  # "1": a Space also accepts any timm:/torchvision: name
+
+
+def on_space() -> bool:
+    """Whether the app runs on a Hugging Face Space (which sets ``SPACE_ID``)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The models the page offers: :data:`ALLOWED_MODELS` when set (labels from
+    :data:`MODEL_CHOICES` where known), else :data:`MODEL_CHOICES`."""
+    listed = os.environ.get(ALLOWED_MODELS, "")
+    specs = [spec.strip() for spec in listed.split(",") if spec.strip()]
+    if not specs:
+        return list(MODEL_CHOICES)
+    labels = {spec: label for label, spec in MODEL_CHOICES}
+    return [(labels.get(spec, spec), spec) for spec in specs]
+
+
+def any_model_allowed() -> bool:
+    """Locally any ``timm:``/``torchvision:`` name works; on a Space only the offered list does,
+    unless :data:`ALLOW_ANY_MODEL` is ``1`` (each new name is a download the Space pays for)."""
+    return not on_space() or os.environ.get(ALLOW_ANY_MODEL) == "1"
 
 
 class ModelCache:
     """At most ``capacity`` loaded models, least recently used evicted first.
 
     A lock per model name makes concurrent first requests load a model once, without blocking
-    requests for models already loaded. Network use of one model is serialised by its own
-    ``LoadedModel.lock``, so two requests never hook the same network at once.
+    requests for models already loaded. Requests then share a loaded model without a lock: each
+    capture acts on its own forward only (:func:`fusioncam.capture.capture_layer`).
     """
 
     def __init__(self, capacity: int = 2, loader: Callable[[str], LoadedModel] | None = None) -> None:
         if capacity < 1:
             raise ValueError("the model cache needs room for at least one model")
         self.capacity = capacity
-        self._loader = loader or (lambda spec: load_model(spec, device="auto", max_parameters=MAX_PARAMETERS))
+        self._loader = loader or _load_within_budget
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -80,6 +106,15 @@ class ModelCache:
             return list(self._models)
 
 
+def _load_within_budget(spec: str) -> LoadedModel:
+    """Load ``spec`` (hub models refused above :data:`MAX_PARAMETERS`), then keep the download
+    cache within its size budget (:func:`fusioncam.downloads.prune`)."""
+    model = load_model(spec, device="auto", max_parameters=MAX_PARAMETERS)
+    if spec != BUNDLED and ":" in spec:
+        downloads.prune()
+    return model
+
+
 MODELS = ModelCache(capacity=2)
 
 
@@ -94,6 +129,10 @@ def parse_model(value: str | None) -> str:
     if len(spec) > MAX_NAME or not MODEL_SPEC.fullmatch(spec):
         shown = spec if len(spec) <= 40 else spec[:40] + "…"
         raise ModelError(f"Unknown model {shown!r}: use {BUNDLED!r}, 'timm:NAME' or 'torchvision:NAME'.")
+    offered = [choice for _, choice in model_choices()]
+    if spec not in offered and not any_model_allowed():
+        raise ModelError(f"This Space offers only these models: {', '.join(offered)}. "
+                         "Run the app yourself to explain any timm or torchvision model.")
     return spec
 
 

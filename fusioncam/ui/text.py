@@ -10,7 +10,8 @@ INTRO = """# Fusion-CAM explorer
 See **why** an image classifier made its prediction. Upload a picture (or pick an example), and the
 app colours the parts of the image that drove the decision, computed by two different families
 of methods and then fused into one map: **Fusion-CAM**
-([arXiv 2603.05386](https://arxiv.org/abs/2603.05386))."""
+([arXiv 2603.05386](https://arxiv.org/abs/2603.05386)).
+*Your uploads are kept for one hour, for your browser session only; other visitors never see them.*"""
 
 HOW_TO_READ = """
 **Colours.** Each picture is the image with a heat map on top: warm colours (red/yellow in the default
@@ -53,6 +54,12 @@ under the curve is small. *Insertion* starts from a blurred image and puts the m
 back first: a good map makes the confidence climb fast, so a larger area is better. The numbers judge
 the maps of **this** image and class; try a few images before drawing conclusions.
 """
+
+
+def model_info(any_model: bool) -> str:
+    """The model picker's hint: which models work offline, and whether other names are accepted."""
+    hint = "The bundled models work offline; the others download once."
+    return hint + (" Any timm:NAME or torchvision:NAME works too." if any_model else "")
 
 
 def top5_label(top5: list[dict[str, Any]]) -> dict[str, float]:
