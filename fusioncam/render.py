@@ -1,31 +1,63 @@
-"""Colour maps and overlays (OpenCV): saliency maps in [0, 1] drawn on the display image."""
+"""Colour maps and overlays: saliency maps in [0, 1] drawn on the display image.
+
+Every colour map is a 256-entry RGB table (:func:`colour_table`): OpenCV's own tables for the
+saliency maps, and one table of our own for the agreement map. A map value ``v`` is drawn with
+the entry ``round(255 · v)``; a browser that draws with the same tables draws the same colours.
+"""
 
 from __future__ import annotations
+
+from functools import cache
 
 import cv2
 import numpy as np
 from PIL import Image
 
+#: Colour maps for saliency maps (OpenCV's). ``jet`` is the papers'; viridis and cividis are
+#: perceptually uniform and readable with colour-vision deficiency (cividis was designed for it).
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "cividis": cv2.COLORMAP_CIVIDIS,
     "turbo": cv2.COLORMAP_TURBO,
     "inferno": cv2.COLORMAP_INFERNO,
-    "viridis": cv2.COLORMAP_VIRIDIS,
     "magma": cv2.COLORMAP_MAGMA,
     "hot": cv2.COLORMAP_HOT,
 }
+COLOUR_BLIND_SAFE = ("viridis", "cividis")
+#: The agreement map's own colour map, unlike any saliency map: near white where the two views
+#: agree (S = 1), through pink to deep purple where they disagree (S = 0). It is ColorBrewer's
+#: single-hue-family RdPu ramp reversed (lightness falls monotonically, so it reads in grey too).
+AGREEMENT_COLORMAP = "agreement"
+_RDPU = ("#fff7f3", "#fde0dd", "#fcc5c0", "#fa9fb5", "#f768a1", "#dd3497", "#ae017e", "#7a0177", "#49006a")
+
+
+@cache
+def colour_table(name: str) -> np.ndarray:
+    """The ``256×3`` uint8 RGB table of a colour map in :data:`COLORMAPS` or :data:`AGREEMENT_COLORMAP`."""
+    if name == AGREEMENT_COLORMAP:
+        anchors = np.array([[int(code[i:i + 2], 16) for i in (1, 3, 5)] for code in _RDPU[::-1]], dtype=np.float64)
+        positions = np.linspace(0, 255, len(anchors))
+        table = np.stack([np.interp(np.arange(256), positions, anchors[:, c]) for c in range(3)], axis=1)
+        result = np.round(table).astype(np.uint8)
+    elif name in COLORMAPS:
+        levels = np.arange(256, dtype=np.uint8)[:, None]
+        result = cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[name]), cv2.COLOR_BGR2RGB)[:, 0]
+    else:
+        raise ValueError(f"unknown colour map {name!r}; choose one of {', '.join(COLORMAPS)}")
+    result.setflags(write=False)
+    return result
 
 
 def heatmap(saliency: np.ndarray, colormap: str = "jet", size: tuple[int, int] | None = None) -> np.ndarray:
     """An ``H×W×3`` uint8 RGB picture of ``saliency`` (values in [0, 1]), resized to
-    ``size = (width, height)`` bilinearly when given."""
-    if colormap not in COLORMAPS:
-        raise ValueError(f"unknown colour map {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    ``size = (width, height)`` bilinearly when given: ``table[round(255 · v)]``."""
+    table = colour_table(colormap)
     values = np.nan_to_num(np.asarray(saliency, dtype=np.float32))
     if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
         values = cv2.resize(values, tuple(size), interpolation=cv2.INTER_LINEAR)
     levels = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    return table[levels]
 
 
 def overlay(image: Image.Image | np.ndarray, saliency: np.ndarray, colormap: str = "jet",
