@@ -25,7 +25,7 @@ from PIL import Image
 
 from fusioncam import fusion
 from fusioncam.explain import MAP_NAMES, Explanation, explain
-from fusioncam.live import DISAGREEMENT_THRESHOLD, blank_payload, disagreement_share, kept_maps, live_payload
+from fusioncam.live import blank_payload, disagreement_share, kept_maps, live_payload
 from fusioncam.models import LoadedModel
 from fusioncam.render import AGREEMENT_COLORMAP, COLORMAPS, COLOUR_BLIND_SAFE, colour_table, overlay
 
@@ -129,8 +129,7 @@ class Page:
         with gr.Blocks(title="Live map test page") as self.demo:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=4, min_width=300):
-                    strength = gr.Slider(0, 5, value=1, step=0.1, label="Fusion strength λ", elem_id="strength",
-                                         interactive=True)
+                    gr.Slider(0, 5, value=1, step=0.1, label="Fusion strength λ", elem_id="strength", interactive=True)
                     colormap = gr.Dropdown(COLORMAP_CHOICES, value="jet", label="Colour map", elem_id="colormap",
                                            interactive=True)
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity",
