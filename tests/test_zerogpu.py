@@ -99,7 +99,7 @@ def test_whole_flow_through_forked_pickling_gpu_workers(zerogpu_app: dict[str, A
 
     status, table, _deletion, _insertion = client.predict(16, [], api_name="/faithfulness")
     assert report["class_name"] in status
-    assert len(table["data"]) >= 6
+    assert len(table["data"]) >= 5                                        # one row per scored map
     assert _calls(log)[-1] == "faithfulness"
 
     with zipfile.ZipFile(client.predict(api_name="/export")) as archive:

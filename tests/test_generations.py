@@ -1,0 +1,106 @@
+"""No stale pictures, by construction: a stage or re-fusion of an older explanation of a browser
+session changes nothing once a newer explanation has started (handlers driven directly, on a
+tiny model, with a stand-in for Gradio's request)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+
+from fusioncam.models import LoadedModel
+from fusioncam.ui import compute, handlers
+from fusioncam.ui.catalog import ModelCache
+from fusioncam.ui.session import Generations, Session
+
+SPEC = "tiny"
+REFINE = ("jet", 0.5)
+
+
+@pytest.fixture
+def page(tiny_model: LoadedModel, tiny_image: np.ndarray, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Handlers that find the tiny model under the spec ``tiny``, two image files A and B, and a
+    request of one browser session."""
+    cache = ModelCache(loader=lambda spec: tiny_model)
+    monkeypatch.setattr(handlers, "MODELS", cache)
+    monkeypatch.setattr(compute, "MODELS", cache)
+    monkeypatch.setattr(handlers, "GENERATIONS", Generations())
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(tiny_image).save(a)
+    Image.fromarray(255 - tiny_image[::-1]).save(b)
+    return {"a": str(a), "b": str(b), "request": SimpleNamespace(session_hash="visitor-1")}
+
+
+def _explain(image: str, session: Session | None, request: Any, theta: float = 10) -> Any:
+    """The handler's generator for ``image`` with default options."""
+    return handlers.explain(image, SPEC, "top", "default", theta, 1.0, "reference", "mean", "gradcam", "scorecam",
+                            128, *REFINE, session, request, progress=lambda *args, **kwargs: None)
+
+
+def _run(image: str, session: Session | None, request: Any) -> Session:
+    *_, last = _explain(image, session, request)
+    return last[0]
+
+
+def _refine(session: Session, request: Any, theta: float, strength: float) -> tuple:
+    return handlers.refine(session, theta, strength, "reference", "gradcam", *REFINE, request)
+
+
+def _skipped(outputs: tuple) -> bool:
+    return all(isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+               for value in outputs)
+
+
+def test_moves_during_a_new_explanation_leave_the_old_one_alone(page: dict[str, Any]) -> None:
+    request = page["request"]
+    session_a = _run(page["a"], None, request)
+    explaining_b = _explain(page["b"], session_a, request)
+    preview = next(explaining_b)                      # B's gradient maps are out; its Score-CAM is next
+    assert all(picture is None for picture in preview[5:9])      # no map of A stays on the page
+    assert _skipped(_refine(session_a, request, theta=30, strength=1.0))   # θ move on A's snapshot
+    assert _skipped(_refine(session_a, request, theta=10, strength=3.0))   # λ move on A's snapshot
+    *_, finished = explaining_b
+    session_b = finished[0]
+    assert session_b.request.image_digest != session_a.request.image_digest
+    assert _skipped(_refine(session_a, request, theta=30, strength=1.0))
+    refined = _refine(session_b, request, theta=30, strength=2.0)
+    assert refined[0].report["params"]["strength"] == 2.0 and refined[0].generation == session_b.generation
+
+
+def test_a_late_refusion_of_the_old_image_cannot_overwrite_the_new_one(page: dict[str, Any],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    request = page["request"]
+    session_a = _run(page["a"], None, request)
+    slow_refuse = compute.refuse
+
+    def b_starts_meanwhile(*args: Any) -> Any:        # θ re-fusion of A running when B is uploaded
+        result = slow_refuse(*args)
+        handlers.GENERATIONS.begin(handlers.session_key(request))
+        return result
+
+    monkeypatch.setattr(compute, "refuse", b_starts_meanwhile)
+    assert _skipped(_refine(session_a, request, theta=40, strength=1.0))
+
+
+def test_a_superseded_explanation_yields_nothing_after_its_preview(page: dict[str, Any]) -> None:
+    request = page["request"]
+    explaining_a = _explain(page["a"], None, request)
+    next(explaining_a)
+    session_b = _run(page["b"], None, request)        # B started (and finished) while A's Score-CAM ran
+    assert list(explaining_a) == []                   # A's result is dropped, B's stays
+    assert handlers.GENERATIONS.is_current("visitor-1", session_b.generation)
+
+
+def test_sessions_have_their_own_generations(page: dict[str, Any]) -> None:
+    first, second = page["request"], SimpleNamespace(session_hash="visitor-2")
+    session_first = _run(page["a"], None, first)
+    _run(page["b"], None, second)
+    refined = _refine(session_first, first, theta=20, strength=1.0)
+    assert refined[0].report["denoise"]["theta"] == 20
