@@ -166,7 +166,7 @@ def score_maps(model: LoadedModel, x: torch.Tensor, maps: Mapping[str, torch.Ten
             part = slice(begin, begin + chunk)
             masks = _masks(kind[part], which[part], count[part], stacked, ranks)
             batch = apply_mask(x.expand(len(masks), -1, -1, -1), starts[(kind[part] == _INSERT).long()], masks)
-            probs = torch.softmax(model(batch).float(), dim=1)
+            probs = torch.softmax(model.score(batch, chunk).float(), dim=1)
             results[part] = probs[:, target]
             if progress is not None:
                 progress(min(begin + chunk, len(kind)), len(kind))
@@ -260,7 +260,7 @@ def road(model: LoadedModel, x: torch.Tensor, target: int, maps: Mapping[str, to
         nonlocal done
         batch = torch.stack(pending).to(device)
         with torch.inference_mode():
-            probabilities.append(torch.softmax(model(batch).float(), dim=1)[:, target].cpu().double())
+            probabilities.append(torch.softmax(model.score(batch, chunk).float(), dim=1)[:, target].cpu().double())
         pending.clear()
         done += 1
 

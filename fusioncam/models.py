@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .compiled import CompiledScorers
 from .images import normalize_image, resize_for_model
 
 BUNDLED = "efficientnet_lite0"
@@ -54,6 +55,8 @@ class LoadedModel:
     default_layer: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     forwarded_images: int = field(default=0, repr=False, compare=False)
+    compile: bool = True   # masked passes by a compiled graph once built in the background (compiled.py)
+    scorers: CompiledScorers = field(default_factory=CompiledScorers, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -71,6 +74,13 @@ class LoadedModel:
         """The logits ``f(x)`` of a normalised batch; counts the images sent through the network."""
         self.forwarded_images += len(batch)
         return self.module(batch)
+
+    def score(self, batch: torch.Tensor, pad_to: int | None = None, precision: str = "fp32") -> torch.Tensor:
+        """The logits of an inference-only batch (masked and scoring passes) under ``precision``: by the
+        compiled scoring network once it is ready (``compile=True``, see :mod:`fusioncam.compiled`),
+        eagerly until then; ``pad_to`` is the caller's chunk size, so all its calls share one graph."""
+        self.forwarded_images += len(batch)
+        return self.scorers.score(self.module, batch, pad_to, precision, enabled=self.compile, label=self.name)
 
     def to(self, device: torch.device | str, channels_last: bool = True) -> LoadedModel:
         """Move the network to ``device`` (eval mode), in place; returns ``self``."""
@@ -256,19 +266,20 @@ def load_torchvision(name: str, pretrained: bool = True, max_parameters: int | N
 
 
 def load_model(spec: str | LoadedModel = BUNDLED, device: str = "auto", pretrained: bool = True,
-               channels_last: bool = True, max_parameters: int | None = None) -> LoadedModel:
+               channels_last: bool = True, max_parameters: int | None = None, compile: bool = True) -> LoadedModel:
     """Load ``efficientnet_lite0`` (bundled, offline), ``timm:NAME`` or ``torchvision:NAME`` onto
     ``device`` (``auto``: CUDA, else MPS, else CPU).
 
     ``pretrained=False`` gives random weights (no download), for speed measurements;
-    ``max_parameters`` refuses larger hub models before their weights are fetched.
+    ``max_parameters`` refuses larger hub models before their weights are fetched; ``compile=False``
+    keeps the masked passes eager (default: compiled in the background, see :mod:`fusioncam.compiled`).
     """
     from .backend import pick_device
 
     target_device = pick_device(device)
-    if isinstance(spec, LoadedModel):
-        return spec.to(target_device, channels_last)
-    return _load(spec, pretrained, max_parameters).to(target_device, channels_last)
+    model = spec if isinstance(spec, LoadedModel) else _load(spec, pretrained, max_parameters)
+    model.compile = compile
+    return model.to(target_device, channels_last)
 
 
 def _load(spec: str, pretrained: bool, max_parameters: int | None) -> LoadedModel:

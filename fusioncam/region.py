@@ -15,6 +15,7 @@ import torch
 
 from .backend import autocast, check_precision, prefers_channels_last, to_device
 from .fusion import normalize, upsample
+from .models import LoadedModel
 
 
 @dataclass
@@ -61,7 +62,9 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     Speed options, all exact but the last: the buffer is built ``channels_last`` when
     ``channels_last`` is true (default ``None``: when the network's weights are), so the first
     convolution needs no layout conversion. ``precision="bf16"`` / ``"fp16"`` runs the masked
-    passes under autocast — approximate, off by default; the baseline pass stays fp32.
+    passes under autocast — approximate, off by default; the baseline pass stays fp32. A
+    :class:`~fusioncam.models.LoadedModel` runs the masked passes through its compiled scoring
+    network once that is ready (equal logits to ~1e-6; :mod:`fusioncam.compiled`).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk size must be ≥ 1, got {chunk_size}")
@@ -85,8 +88,10 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         channels_last = prefers_channels_last(module)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     diff = x - baseline
-    buffer = torch.empty((min(chunk_size, max(len(jobs), 1)), *x.shape[1:]), device=device, dtype=x.dtype,
-                         memory_format=layout)
+    # Fewer jobs than a chunk: the power of two ≥ the job count, so a compiled graph's shape is one of
+    # a few (a request pads its last chunk to this size, never compiles one per image).
+    rows = min(chunk_size, 1 << max(len(jobs) - 1, 0).bit_length())
+    buffer = torch.empty((rows, *x.shape[1:]), device=device, dtype=x.dtype, memory_format=layout)
     for start in range(0, len(jobs), chunk_size):
         image_idx, channel_idx = jobs[start:start + chunk_size].unbind(1)
         count = len(image_idx)
@@ -94,14 +99,24 @@ def score_channels(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         batch = buffer[:count]                       # keeps the buffer's layout
         torch.mul(diff.index_select(0, image_idx), masks, out=batch)
         batch.add_(baseline.index_select(0, image_idx))
-        with autocast(device, precision):
-            logits = module(batch)
+        logits = _masked_pass(module, batch, rows, precision)
         scores[image_idx, channel_idx] = logits.gather(1, targets[image_idx, None]).squeeze(1).float()
         if progress is not None:
             progress(start + count, len(jobs))
     masked = torch.bincount(jobs[:, 0], minlength=len(x)) if len(jobs) else torch.zeros(len(x), dtype=torch.long)
     return RegionScores(scores=scores, baseline_logits=baseline_logits, masked_passes=masked,
                         flat_channels=flat.sum(1))
+
+
+def _masked_pass(module: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, rows: int,
+                 precision: str) -> torch.Tensor:
+    """The logits of one chunk of masked inputs: a :class:`LoadedModel` scores it with
+    :meth:`~LoadedModel.score` (its compiled graph once ready, every chunk padded to ``rows`` so
+    one graph serves all), any other callable runs under ``precision``'s autocast."""
+    if isinstance(module, LoadedModel):
+        return module.score(batch, pad_to=rows, precision=precision)
+    with autocast(batch.device, precision):
+        return module(batch)
 
 
 def region_map(activations: torch.Tensor, scores: torch.Tensor, size: tuple[int, int],

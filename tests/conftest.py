@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from torch import nn
 from fusioncam import LoadedModel, load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# Compiling a scoring network costs CI's 2 cores seconds per model: off for every test but
+# tests/test_compile.py, which turns it on again (fusioncam/compiled.py reads this at each use).
+os.environ.setdefault("FUSIONCAM_COMPILE", "0")
 
 
 class TinyNet(nn.Module):
