@@ -18,11 +18,13 @@ from fusioncam.gradient import GRADIENT_METHODS
 from fusioncam.metrics import DEFAULT_STEPS
 from fusioncam.models import BUNDLED
 from fusioncam.render import COLORMAPS
-from fusioncam.ui import handlers, text
+from fusioncam.ui import handlers, text, trust
 from fusioncam.ui.catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, any_model_allowed, model_choices
 from fusioncam.ui.compute import MAX_STEPS
 from fusioncam.ui.faithfulness import HEADERS as FAITHFULNESS_HEADERS
+from fusioncam.ui.faithfulness import ROAD_HEADERS
 from fusioncam.ui.inputs import undecoded_upload
+from fusioncam.ui.sanity_tab import sanity_tab
 from fusioncam.ui.warmup import warm_up_in_background
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -147,16 +149,25 @@ def faithfulness_tab(session: gr.State) -> None:
                           elem_id="faithfulness-steps")
         extra = gr.CheckboxGroup([method for method in GRADIENT_METHODS if method != "gradcam"], value=[],
                                  label="Also score these gradient methods", elem_id="faithfulness-extra")
+        road = gr.Checkbox(False, label="Also run ROAD", elem_id="faithfulness-road",
+                           info="Removes pixels without a constant fill (noisy linear imputation): 18 sparse "
+                                "solves and passes per map, a few seconds per map on a CPU.")
     run = gr.Button("Score every map", variant="primary", elem_id="faithfulness-run")
     status = gr.Markdown("Explain an image on the Explain tab, then press the button.", elem_id="faithfulness-status")
-    table = gr.Dataframe(headers=list(FAITHFULNESS_HEADERS), interactive=False, label="Faithfulness of each map",
-                         elem_id="faithfulness-table")
+    with gr.Row(equal_height=False):
+        table = gr.Dataframe(headers=list(FAITHFULNESS_HEADERS), interactive=False, label="Faithfulness of each map",
+                             elem_id="faithfulness-table", scale=3)
+        card = gr.Markdown(trust.DEFAULT_CARD, elem_id="faithfulness-protocol")
+    road_table = gr.Dataframe(headers=ROAD_HEADERS, interactive=False, label="ROAD of each map", visible=False,
+                              elem_id="road-table")
     with gr.Row(equal_height=True):
         deletion = gr.Plot(label="Deletion curves", elem_id="deletion-curves")
         insertion = gr.Plot(label="Insertion curves", elem_id="insertion-curves")
     run.click(handlers.faithfulness, [session, steps, extra], [status, table, deletion, insertion],
               api_name="faithfulness", concurrency_id="explain", concurrency_limit=2,
-              show_progress_on=[table])
+              show_progress_on=[table]).success(trust.road_and_card, [session, steps, extra, road], [road_table, card],
+                                                api_visibility="private", concurrency_id="explain",
+                                                show_progress_on=[road_table])
 
 
 def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
@@ -170,6 +181,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 wire_explain_tab(explain_tab(session))
             with gr.Tab("Faithfulness", id="faithfulness"):
                 faithfulness_tab(session)
+            with gr.Tab("Sanity check", id="sanity"):
+                sanity_tab(session)
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo
 

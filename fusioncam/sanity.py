@@ -286,12 +286,13 @@ def sanity_check(model: LoadedModel, image: Image.Image, target: int | None = No
         seconds=time.perf_counter() - started)
 
 
-def cost_text(n_steps: int, methods: Sequence[str], scorecam_seconds: float | None = None) -> str:
-    """What the check will cost, said before it runs."""
-    passes = n_steps + 1
-    text = f"{n_steps} randomisation steps: {passes} forward + backward passes (one serves every gradient method)"
+def cost_text(n_steps: int | None, methods: Sequence[str], scorecam_seconds: float | None = None) -> str:
+    """What the check will cost, said before it runs (``n_steps=None``: not counted yet)."""
+    steps = f"{n_steps} randomisation steps" if n_steps is not None else "one randomisation step per block (10–20)"
+    passes = f"{n_steps + 1}" if n_steps is not None else "one per step and one more"
+    text = f"{steps}: {passes} forward + backward passes (one serves every gradient method, seconds in all)"
     if set(REGION_METHODS) & set(methods):
         text += f", and {passes} Score-CAM runs (every non-flat channel masked, at each step)"
-        if scorecam_seconds is not None:
-            text += f" — about {passes * scorecam_seconds / 60:.1f} min here"
+        if scorecam_seconds is not None and n_steps is not None:
+            text += f": about {(n_steps + 1) * scorecam_seconds / 60:.1f} min at this explanation's Score-CAM speed"
     return text + "."

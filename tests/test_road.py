@@ -3,6 +3,8 @@ on a tiny model, and equality with pytorch-grad-cam's ROAD on the bundled model.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,27 @@ def test_road_equals_pytorch_grad_cam(bundled_model: LoadedModel, cat_path, kind
             metric = PerturbationConfidenceMetric(removal(p, NoisyLinearImputer(noise=0)))
             theirs = metric(evidence.x[None], saliency[None], targets, bundled_model.module)[0]
             assert value == pytest.approx(float(theirs), abs=2e-5), (removal.__name__, p)
+
+
+def test_the_faithfulness_tab_adds_road_and_the_card_of_the_explanations_baseline(
+        tiny_model: LoadedModel, tiny_image: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gradio")
+    from fusioncam import explain
+    from fusioncam.ui import handlers, trust
+    from fusioncam.ui.faithfulness import ROAD_HEADERS
+
+    monkeypatch.setattr(trust, "MODELS", SimpleNamespace(get=lambda spec: tiny_model))
+    exp = explain(tiny_model, tiny_image, baseline="black")
+    session = SimpleNamespace(request=SimpleNamespace(model="tiny"), evidence=exp.evidence, params=exp.params,
+                              maps=exp.maps, report=exp.report, explanation=lambda _model: exp,
+                              generation=handlers.GENERATIONS.begin(handlers.session_key(None)))
+    table, card = trust.road_and_card(session, 16, ["layercam"], True, None, lambda *_a, **_k: None)
+    frame = table["value"]
+    assert table["visible"] and list(frame.columns) == ROAD_HEADERS
+    assert list(frame["Map"]) == ["Grad-CAM", "denoised Grad-CAM", "Score-CAM", "combined", "Fusion-CAM", "LayerCAM"]
+    alone = road(tiny_model, exp.evidence.x, exp.evidence.target, {"fusion": exp.maps["fusion"]})["fusion"]
+    assert frame["ROAD combined ↑"].iloc[4] == pytest.approx(round(alone.combined, 4))
+    assert "black" in card and "16 steps" in card and "ROAD" in card and "c" + str(exp.evidence.target) in card
+    hidden, without = trust.road_and_card(session, 16, [], False, None, lambda *_a, **_k: None)
+    assert hidden["visible"] is False and "ROAD" not in without and "black" in without
+    assert trust.road_and_card(None, 16, [], True, None, lambda *_a, **_k: None)[1] == trust.DEFAULT_CARD

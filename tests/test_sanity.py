@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fusioncam import LoadedModel, cli, load_image, sanity_cli
+from fusioncam import LoadedModel, cli, explain, load_image, sanity_cli
 from fusioncam.fusion import normalize
 from fusioncam.sanity import (
     NORMAL_STD,
@@ -192,3 +193,65 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_model: LoadedModel, tiny
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# --- The "Sanity check" tab: its handler on a tiny model's explanation, and the page's wiring ---
+
+class Recorder:
+    """Stands in for ``gr.Progress``: keeps every ``(fraction, desc)`` it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, str]] = []
+
+    def __call__(self, fraction: object, desc: str = "", **_options: object) -> None:
+        self.calls.append((fraction, desc))
+
+
+def tab_session(model: LoadedModel, image: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """What the tab's handler reads from the ``gr.State`` value, for ``model``'s explanation of ``image``."""
+    pytest.importorskip("gradio")
+    from fusioncam.ui import handlers, trust
+
+    monkeypatch.setattr(trust, "MODELS", SimpleNamespace(get=lambda spec: model))
+    exp = explain(model, image)
+    return SimpleNamespace(request=SimpleNamespace(model="tiny"), evidence=exp.evidence, params=exp.params,
+                           maps=exp.maps, report=exp.report, colormap="jet", explanation=lambda _model: exp,
+                           generation=handlers.GENERATIONS.begin(handlers.session_key(None)))
+
+
+def test_the_tab_handler_says_which_maps_passed(tiny_model: LoadedModel, tiny_image: np.ndarray,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusioncam.ui import handlers, trust
+
+    session = tab_session(tiny_model, tiny_image, monkeypatch)
+    progress = Recorder()
+    status, curves, picture = trust.sanity(session, ["gradcam", "fusion"], "cascading", None, progress)
+    assert "Grad-CAM passed" in status and "Fusion-CAM" in status and "class" in status
+    assert len(curves.data) == 4 and list(curves.data[0].y[:1]) == [1.0] and len(curves.data[0].y) == 4
+    assert picture.ndim == 3 and picture.shape[2] == 3
+    assert progress.calls[0] == (0, "Sanity check: reruns Score-CAM at every step…")   # the cost, said first
+    assert "Score-CAM runs" in trust.sanity_cost(session, ["gradcam", "scorecam"])
+    assert "Score-CAM" not in trust.sanity_cost(session, ["gradcam"])
+    gr = pytest.importorskip("gradio")
+    with pytest.raises(gr.Error, match="at least one map"):
+        trust.sanity(session, [], "cascading", None, Recorder())
+    with pytest.raises(gr.Error, match="Explain an image first"):
+        trust.sanity(None, ["gradcam"], "cascading", None, Recorder())
+    with pytest.raises(gr.Error, match="randomisation mode"):
+        trust.sanity(session, ["gradcam"], "sideways", None, Recorder())
+    handlers.GENERATIONS.begin(handlers.session_key(None))          # a newer explanation started meanwhile
+    assert trust.sanity(session, ["gradcam"], "cascading", None, Recorder())[0] == trust.STALE_CHECK
+
+
+@pytest.mark.slow
+def test_the_page_has_the_sanity_tab_with_stable_ids() -> None:
+    pytest.importorskip("gradio")
+    import app
+
+    config = app.demo.get_config_file()
+    ids = {component.get("props", {}).get("elem_id") for component in config["components"]}
+    assert {"sanity-run", "sanity-methods", "sanity-mode", "sanity-status", "sanity-curves", "sanity-strip"} <= ids
+    labels = {component.get("props", {}).get("label") for component in config["components"]
+              if component.get("type") == "tabitem"}
+    assert "Sanity check" in labels
+    assert any(d.get("api_name") == "sanity" for d in config["dependencies"])

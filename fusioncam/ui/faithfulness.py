@@ -2,7 +2,9 @@
 
 One image has one ``Y = p(x)_c``; each map ``L`` has ``O = p(m(x, L))_c``, its drop
 ``100 · max(0, Y − O) / Y`` (this image's term of Average Drop), whether ``O > Y`` (its term
-of Increase in Confidence) and the Deletion / Insertion AUCs (:mod:`fusioncam.metrics`).
+of Increase in Confidence) and the Deletion / Insertion AUCs (:mod:`fusioncam.metrics`); on
+request its ROAD MoRF, LeRF and combined score. :func:`explanation_card` is the protocol card
+of those numbers: the baseline it names is the explanation's, the one every metric here uses.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import plotly.graph_objects as go
 from fusioncam.explain import Explanation
 from fusioncam.gradient import GRADIENT_METHODS
 from fusioncam.methods import METHOD_NAMES
-from fusioncam.metrics import DEFAULT_STEPS, MapScores, score_maps
+from fusioncam.metrics import DEFAULT_STEPS, ROAD_NOISE, MapScores, RoadScores, protocol_card, road, score_maps
 
 SHOWN_MAPS = ("gradcam", "denoised", "scorecam", "combined", "fusion")   # the agreement map is no saliency
 HEADERS = ["Map", "p(masked)", "Drop (%) ↓", "Confidence up", "Deletion AUC ↓", "Insertion AUC ↑"]
+ROAD_HEADERS = ["Map", "ROAD MoRF ↓", "ROAD LeRF ↑", "ROAD combined ↑"]
 PALETTE = ("#4C78A8", "#72B7B2", "#F58518", "#54A24B", "#E45756", "#B279A2", "#9D755D", "#BAB0AC")
 
 
@@ -48,14 +51,20 @@ def labels(explanation: Explanation, extra_methods: Sequence[str] = ()) -> dict[
     return names
 
 
+def shown_maps(explanation: Explanation, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """The maps named in ``names``: the explanation's own, or extra gradient maps from its ``(A, G)``."""
+    evidence = explanation.evidence
+    return {key: explanation.maps[key] if key in explanation.maps else evidence.gradient_map(key).numpy()
+            for key in names}
+
+
 def score_explanation(explanation: Explanation, extra_methods: Sequence[str] = (), n_steps: int = DEFAULT_STEPS,
                       progress: Callable[[float, str], None] | None = None) -> FaithfulnessView:
     """Score every map shown (and ``extra_methods`` from the kept ``(A, G)``) on the explanation's
     image, class and baseline; ``progress(fraction, text)`` follows the batched forwards."""
     evidence = explanation.evidence
     names = labels(explanation, extra_methods)
-    maps = {key: explanation.maps[key] if key in explanation.maps else evidence.gradient_map(key).numpy()
-            for key in names}
+    maps = shown_maps(explanation, names)
 
     def report(done: int, total: int) -> None:
         if progress is not None:
@@ -91,3 +100,38 @@ def curves_figure(scores: dict[str, MapScores], names: dict[str, str], kind: str
                          yaxis={"title": "class probability", "range": [0, 1.02]},
                          legend={"title": {"text": "map (AUC)"}}, template="plotly_white")
     return figure
+
+
+@dataclass
+class RoadView:
+    """ROAD of every map shown: ``rows`` under :data:`ROAD_HEADERS` and the raw scores."""
+
+    rows: list[list[object]]
+    scores: dict[str, RoadScores]
+
+
+def road_explanation(explanation: Explanation, extra_methods: Sequence[str] = (),
+                     progress: Callable[[float, str], None] | None = None) -> RoadView:
+    """ROAD (noise σ = :data:`~fusioncam.metrics.ROAD_NOISE`, fixed seed) of every map shown and of
+    ``extra_methods``, for the explanation's class; ``progress(fraction, text)`` follows the solves."""
+    evidence = explanation.evidence
+    names = labels(explanation, extra_methods)
+    maps = shown_maps(explanation, names)
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / total, f"ROAD of {len(maps)} maps: {done}/{total} imputations and passes")
+
+    scores = road(explanation.model, evidence.x, evidence.target, maps, noise=ROAD_NOISE, progress=report)
+    rows = [[names[key], round(s.morf_mean, 4), round(s.lerf_mean, 4), round(s.combined, 4)]
+            for key, s in scores.items()]
+    return RoadView(rows=rows, scores=scores)
+
+
+def explanation_card(explanation: Explanation, n_steps: int = DEFAULT_STEPS, include_road: bool = False) -> str:
+    """The protocol card of this tab's numbers for ``explanation``: its own masking baseline and
+    class, the curve steps, and ROAD's noise when ROAD is included."""
+    evidence = explanation.evidence
+    target = f"class {evidence.target} ({explanation.model.class_names[evidence.target]}), the explanation's"
+    return protocol_card(baseline=evidence.baseline_kind, n_steps=n_steps, size=tuple(evidence.x.shape[-2:]),
+                         road_noise=ROAD_NOISE if include_road else None, target=target)
