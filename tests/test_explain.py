@@ -115,9 +115,11 @@ def test_strength_and_weight_mode_changes_run_no_network(tiny_model: LoadedModel
     assert not np.array_equal(stronger.maps["agreement"], exp.maps["agreement"])
     exp.refuse(weights="normalized")
     assert tiny_model.forwarded_images == before
-    if exp.report["betas"]["denoised"] + exp.report["betas"]["region"] > 0:
-        exp.refuse(weights="raw")      # a positive rescale of the same combined map: no forward
-        assert tiny_model.forwarded_images == before
+    # On this input β_den + β_reg > 0, so raw's β̂ are a positive rescale of the same combined map: no
+    # forward (the negative case, which needs one, is tests/test_fusion.py's negative-scale test).
+    assert exp.report["betas"]["denoised"] + exp.report["betas"]["region"] > 0
+    exp.refuse(weights="raw")
+    assert tiny_model.forwarded_images == before
     exp.refuse(theta=35)
     assert tiny_model.forwarded_images - before <= 2          # denoised + combined
     np.testing.assert_array_equal(exp.refuse(theta=35).maps["fusion"], exp.refuse(theta=35).maps["fusion"])

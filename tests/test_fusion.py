@@ -297,6 +297,11 @@ def test_the_negative_scale_path_of_the_combined_map_cache_equals_a_plain_transc
     first = explain(model, tiny_image, target=0)
     assert first.report["betas"]["denoised"] + first.report["betas"]["region"] < 0
     x, x_b = first.evidence.x, first.evidence.baseline
+    before = model.forwarded_images
+    first.refuse(weights="normalized")
+    assert model.forwarded_images == before            # the same sign as reference: its combined map is known
+    first.refuse(weights="raw")
+    assert model.forwarded_images - before == 1        # the other sign: its combined map is scored once
     for mode in ("raw", "normalized", "reference", "raw"):
         again = first.refuse(weights=mode)
         assert_matches_plain(again, plain_fusion_cam(module.features, module.tail, x, x_b, 0, mode))
