@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import torch
@@ -53,13 +52,13 @@ def test_random_weight_hub_models_load_offline() -> None:
     assert load_model("timm:resnet18", pretrained=False, device="cpu").default_layer == "layer4"
 
 
-def test_uncached_hub_weights_fail_fast_offline_naming_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncached_hub_weights_fail_offline_naming_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the failure says; how fast it comes is measured by benchmarks/offline_failure.py."""
     monkeypatch.setattr(registry, "_reachable", lambda host, timeout=3.0: False)
     for spec in ("timm:resnet18", "torchvision:resnet18"):
-        started = time.perf_counter()
         with pytest.raises(ModelError, match=re.escape(spec)) as error:
             load_model(spec)
-        assert time.perf_counter() - started < 30 and "offline" in str(error.value)
+        assert "offline" in str(error.value)
 
 
 def test_layer_errors_name_the_candidates(bundled_model: LoadedModel) -> None:
