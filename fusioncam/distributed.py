@@ -78,5 +78,6 @@ def process_group(device: str = "auto") -> Iterator[Ranks]:
     dist.init_process_group(backend, device_id=chosen if backend == "nccl" else None)
     try:
         yield Ranks(rank=rank, world_size=world_size, local_rank=local_rank, device=str(chosen), backend=backend)
+        dist.barrier()          # leave together: a rank that tears gloo down early can abort a busy peer
     finally:
         dist.destroy_process_group()

@@ -304,11 +304,11 @@ def run_evaluate(folder: Path, out: Path, *, model: str = BUNDLED, methods: Sequ
             except InputError as error:
                 plan = (str(error), [], [])
         error, names, records = ranks.broadcast(plan)
-        if error is not None:
-            if ranks.main:
-                raise InputError(error)
-            return 2
-        return _run(ranks, folder, out, config, params, names, records)
+        if error is None:
+            return _run(ranks, folder, out, config, params, names, records)
+    if ranks.main:                  # after every rank has left the group: one sentence, from rank 0
+        raise InputError(error)
+    return 2
 
 
 def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: FusionParams, names: list[str],
