@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +43,26 @@ def test_explain_writes_every_map_overlay_and_the_report(tmp_path: Path, cat_pat
         [f"{n}.npy" for n in MAP_NAMES] + [f"{n}.png" for n in MAP_NAMES] + ["report.json"])
 
 
+@pytest.mark.slow
+def test_html_report_and_panel_and_the_command_that_reproduces_them(tmp_path: Path, cat_path: Path) -> None:
+    out = tmp_path / "first run"
+    result = run_cli("explain", str(cat_path), "--region-method", "scorecam-topk", "--top-k", "8", "--theta", "20",
+                     "--device", "cpu", "--out", str(out), "--html", "--png")
+    assert result.returncode == 0, result.stderr
+    assert {"report.html", "panel.png", "report.json"} <= {p.name for p in out.iterdir()}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    words = shlex.split(html.unescape(re.search(r"<pre id=command><code>(.*?)</code>", page, re.S).group(1)))
+    assert words[:4] == ["python", "-m", "fusioncam", "explain"] and "--top-k" in words
+    again = tmp_path / "second run"
+    words[words.index("--out") + 1] = str(again)
+    result = run_cli(*words[3:])
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads((folder / "report.json").read_text()) for folder in (out, again))
+    for key in ("model", "layer", "class_index", "params", "betas", "gammas"):
+        assert first[key] == second[key], key
+    assert (again / "report.html").exists() and (again / "panel.png").exists()
+
+
 def test_layers_lists_candidates_with_the_default_marked() -> None:
     result = run_cli("layers")
     assert result.returncode == 0, result.stderr
@@ -56,7 +79,7 @@ def not_an_image(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing", "not-image", "empty", "unknown-model", "unknown-layer",
-                                  "class-range", "bad-choice", "offline-hub"])
+                                  "class-range", "bad-choice", "offline-hub", "no-steps"])
 def test_bad_input_gives_exit_code_2_one_line_and_no_output(case: str, tmp_path: Path, cat_path: Path,
                                                             not_an_image: Path) -> None:
     empty = tmp_path / "empty.png"
@@ -65,7 +88,8 @@ def test_bad_input_gives_exit_code_2_one_line_and_no_output(case: str, tmp_path:
         case, str(cat_path))
     extra = {"unknown-model": ["--model", "resnet9000"], "unknown-layer": ["--layer", "blocks.99"],
              "class-range": ["--class", "1000"], "bad-choice": ["--weights", "softmax"],
-             "offline-hub": ["--model", "timm:this_model_does_not_exist"]}.get(case, [])
+             "offline-hub": ["--model", "timm:this_model_does_not_exist"],
+             "no-steps": ["--html", "--faithfulness", "0"]}.get(case, [])
     out = tmp_path / "out"
     result = run_cli("explain", image, *extra, "--out", str(out))
     assert result.returncode == 2
