@@ -11,7 +11,7 @@ import pytest
 
 from fusioncam import LoadedModel, cli
 from fusioncam import evaluate as evaluation
-from fusioncam.evaluate import label_of, list_images, parse_metrics
+from fusioncam.evaluate import default_metrics, label_of, list_images, parse_metrics
 from fusioncam.methods import parse_methods
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -51,6 +51,8 @@ def test_helpers(folder: Path) -> None:
     assert [p.name for p in list_images(folder)] == ["001_cat.jpg", "003_coffee.jpg", "rocket.jpg"]
     assert parse_methods("fusion, gradcam,fusion") == ["fusion", "gradcam"]
     assert parse_metrics("insertion,AD, road,ad") == ["ad", "insertion", "road"]
+    assert default_metrics("cpu") == ["ad", "ic", "deletion", "insertion"]
+    assert default_metrics("cuda:1") == ["ad", "ic", "deletion", "insertion", "road"]
     with pytest.raises(ValueError, match="unknown metric pointing"):
         parse_metrics("ad,pointing")
 

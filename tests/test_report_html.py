@@ -7,6 +7,7 @@ import html
 import json
 import re
 import shlex
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ import pytest
 from conftest import TinyNet
 from PIL import Image
 
-from fusioncam import LoadedModel, cli, explain
+from fusioncam import MAP_NAMES, LoadedModel, cli, explain
 from fusioncam.export import PANEL_SIZE, reproduce_command, write_explanation
 from fusioncam.methods import SALIENCY_MAPS
 from fusioncam.metrics import score_maps
+from fusioncam.ui.export import export_html, export_zip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -92,6 +94,23 @@ def test_panel_is_a_slide_with_seven_pictures(written: Path) -> None:
         for column in range(4 if row < 0.5 else 3):
             cell = pixels[int(height * row), column * width // 4 + 40: (column + 1) * width // 4 - 40]
             assert (cell < 250).any(), (row, column)
+
+
+def test_the_page_s_downloads_are_written_by_the_library(tmp_path: Path) -> None:
+    model = LoadedModel.from_module(TinyNet(), name="tiny", input_size=(32, 32), mean=(0.5, 0.5, 0.5),
+                                    std=(0.25, 0.25, 0.25), class_names=[f"c{i}" for i in range(5)],
+                                    default_layer="features")
+    explanation = explain(model, str(ASSETS / "coffee.jpg"))
+    archive = export_zip(explanation, tmp_path)
+    with zipfile.ZipFile(archive) as opened:
+        assert set(opened.namelist()) == {f"{n}.{ext}" for n in MAP_NAMES for ext in ("npy", "png")} | {"report.json"}
+    page = export_html(explanation, tmp_path).read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "id=faithfulness" not in page
+    assert "python -m fusioncam explain IMAGE --model tiny" in page
+    scores = score_maps(model, explanation.evidence.x, {"fusion": explanation.maps["fusion"]},
+                        explanation.evidence.target, explanation.evidence.baseline, 4)
+    page = export_html(explanation, tmp_path, faithfulness=scores).read_text(encoding="utf-8")
+    assert "<td>Fusion-CAM</td>" in page and "--faithfulness 4" in page
 
 
 @pytest.fixture(scope="module")
