@@ -296,33 +296,35 @@ def run_evaluate(folder: Path, out: Path, *, model: str = BUNDLED, methods: Sequ
                   "metrics": list(metrics or default_metrics(ranks.device)), "steps": steps,
                   "theta": params.theta, "strength": params.strength, "weights": params.weights,
                   "baseline": "mean", "region_method": "scorecam", "target": "predicted"}
-        plan: tuple[str | None, list[str], list[dict[str, Any]]] = (None, [], [])
+        records: list[dict[str, Any]] = []          # rank 0's: the finished images, resumed and new
+        plan: tuple[str | None, list[str], list[str]] = (None, [], [])
         if ranks.main:
             try:
-                images = list_images(folder, limit)
-                plan = (None, [p.name for p in images], load_previous(out, config))
+                names = [p.name for p in list_images(folder, limit)]
+                records = load_previous(out, config)
+                done = {r["file"] for r in records}
+                plan = (None, names, [name for name in names if name not in done])
             except InputError as error:
                 plan = (str(error), [], [])
-        error, names, records = ranks.broadcast(plan)
+        error, names, todo = ranks.broadcast(plan)
         if error is None:
-            return _run(ranks, folder, out, config, params, names, records)
+            return _run(ranks, folder, out, config, params, names, todo, records)
     if ranks.main:                  # after every rank has left the group: one sentence, from rank 0
         raise InputError(error)
     return 2
 
 
 def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: FusionParams, names: list[str],
-         records: list[dict[str, Any]]) -> int:
-    """The rounds: each rank scores its image, rank 0 gathers, saves and reports."""
+         todo: list[str], records: list[dict[str, Any]]) -> int:
+    """The rounds over ``todo``: each rank scores its image, rank 0 gathers into ``records``, saves and
+    reports."""
     methods, metrics, steps = config["methods"], config["metrics"], config["steps"]
-    done = {r["file"] for r in records}
-    todo = [name for name in names if name not in done]
     network = load_model(config["model"], device=ranks.device)
     environment = {"device": str(network.device), "world_size": ranks.world_size, "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "platform": platform.platform(),
                    "processor": platform.processor() or platform.machine()}
     order = {name: index for index, name in enumerate(names)}
-    if ranks.main and done:
+    if ranks.main and len(todo) < len(names):
         print(f"resuming {out}: {len(names) - len(todo)} of {len(names)} images already done", file=sys.stderr)
 
     def save() -> None:
