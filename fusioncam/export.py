@@ -69,18 +69,20 @@ def reproduce_command(report: Mapping[str, Any], image: str, out: str = "OUT", c
                       opacity: float = 0.5, html_report: bool = True, panel_png: bool = False,
                       faithfulness_steps: int | None = None) -> str:
     """The ``python -m fusioncam explain`` command line (shell-quoted) that recomputes this report:
-    every parameter spelled out, the class and layer included even where they were the defaults."""
+    every parameter spelled out (numbers in their exact shortest form), the class and layer
+    included even where they were the defaults."""
     params = report["params"]
     device = str(report.get("device", "cpu")).split(":")[0]
     words = ["python", "-m", "fusioncam", "explain", image, "--model", report["model"], "--layer", report["layer"],
-             "--class", str(report["class_index"]), "--theta", f"{params['theta']:g}",
-             "--strength", f"{params['strength']:g}", "--weights", params["weights"], "--baseline", params["baseline"],
-             "--gradient-method", params["gradient_method"], "--region-method", params["region_method"]]
+             "--class", str(report["class_index"]), "--theta", repr(float(params["theta"])),
+             "--strength", repr(float(params["strength"])), "--weights", params["weights"],
+             "--baseline", params["baseline"], "--gradient-method", params["gradient_method"],
+             "--region-method", params["region_method"]]
     if params.get("top_k") is not None and params["region_method"] == "scorecam-topk":
         words += ["--top-k", str(params["top_k"])]
     if faithfulness_steps is not None:
         words += ["--faithfulness", str(faithfulness_steps)]
-    words += ["--device", device, "--colormap", colormap, "--opacity", f"{opacity:g}", "--out", out]
+    words += ["--device", device, "--colormap", colormap, "--opacity", repr(float(opacity)), "--out", out]
     words += ["--html"] if html_report else []
     words += ["--png"] if panel_png else []
     return shlex.join(words)

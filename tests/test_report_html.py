@@ -106,7 +106,7 @@ def test_the_page_s_downloads_are_written_by_the_library(tmp_path: Path) -> None
         assert set(opened.namelist()) == {f"{n}.{ext}" for n in MAP_NAMES for ext in ("npy", "png")} | {"report.json"}
     page = export_html(explanation, tmp_path).read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "id=faithfulness" not in page
-    assert "python -m fusioncam explain IMAGE --model tiny" in page
+    assert "python -m fusioncam explain IMAGE --model tiny --layer features" in page
     scores = score_maps(model, explanation.evidence.x, {"fusion": explanation.maps["fusion"]},
                         explanation.evidence.target, explanation.evidence.baseline, 4)
     page = export_html(explanation, tmp_path, faithfulness=scores).read_text(encoding="utf-8")
