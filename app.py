@@ -17,13 +17,13 @@ from fusioncam.fusion import WEIGHT_MODES
 from fusioncam.gradient import GRADIENT_METHODS
 from fusioncam.metrics import DEFAULT_STEPS
 from fusioncam.models import BUNDLED
-from fusioncam.render import COLORMAPS
 from fusioncam.ui import handlers, text, trust
 from fusioncam.ui.catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, any_model_allowed, model_choices
 from fusioncam.ui.compute import MAX_STEPS
 from fusioncam.ui.faithfulness import HEADERS as FAITHFULNESS_HEADERS
 from fusioncam.ui.faithfulness import ROAD_HEADERS
 from fusioncam.ui.inputs import undecoded_upload
+from fusioncam.ui.live import COLORMAP_CHOICES, MAP_GRID_CSS, live_map
 from fusioncam.ui.sanity_tab import sanity_tab
 from fusioncam.ui.warmup import warm_up_in_background
 
@@ -39,7 +39,7 @@ MAP_CAPTIONS = {
 }
 CSS = """
 #map-fusion { border: 2px solid var(--color-accent); }
-"""
+""" + MAP_GRID_CSS
 QUEUE_SIZE = 32             # waiting requests beyond this are refused: the page says the app is busy
 SESSION_TTL_S = 3600        # a session's evidence is dropped an hour after its last change
 # Passed to ``launch`` (here and by the tests): uploads over 25 MB are refused before any handler runs, and
@@ -86,16 +86,16 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                                                     "channels (faster, approximate).", elem_id="region-method")
                 ui["top-k"] = gr.Slider(16, 512, value=DEFAULT_TOP_K, step=16, label="Top-k channels",
                                         elem_id="top-k")
-                ui["colormap"] = gr.Dropdown(list(COLORMAPS), value="jet", label="Colour map", elem_id="colormap")
+                ui["colormap"] = gr.Dropdown(COLORMAP_CHOICES, value="jet", label="Colour map", elem_id="colormap")
                 ui["opacity"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
         with gr.Column(scale=8):
             ui["summary"] = gr.Markdown(text.WAITING, elem_id="summary")
             for row in (MAP_NAMES[:3], MAP_NAMES[3:]):
                 with gr.Row(equal_height=True):
                     for name in row:
-                        ui[f"map-{name}"] = gr.Image(label=MAP_CAPTIONS[name], format="png", interactive=False,
-                                                     buttons=["download", "fullscreen"], elem_id=f"map-{name}",
-                                                     height=230)
+                        ui[f"map-{name}"] = (live_map(name, MAP_CAPTIONS[name]) if name in handlers.LIVE_MAPS else
+                                             gr.Image(label=MAP_CAPTIONS[name], format="png", interactive=False,
+                                                      buttons=["download", "fullscreen"], elem_id=f"map-{name}"))
             with gr.Row(equal_height=False):
                 ui["top5"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
                 ui["weights-plot"] = gr.Plot(label="Contribution weights (β, γ)", elem_id="weights-plot")
@@ -133,9 +133,14 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
     ]
     for event in events:   # a slider moved while Score-CAM ran is applied once it is done
         event.then(handlers.refine, refine_inputs, refine_outputs, api_visibility="private", show_progress="hidden")
-    gr.on([ui[name].change for name in ("theta", "strength", "weights", "gradient-method", "colormap", "opacity")],
+    # λ is not among the triggers: the page fuses and draws for λ itself, and tells the server once
+    # the slider settles (the fused card's ``commit`` event); /refuse still takes λ for API callers.
+    gr.on([ui[name].change for name in ("theta", "weights", "gradient-method", "colormap", "opacity")],
           handlers.refine, refine_inputs, refine_outputs, api_name="refuse", concurrency_id="refine",
           concurrency_limit=8, trigger_mode="always_last", show_progress="hidden")
+    ui["map-fusion"].commit(handlers.commit_strength, ui["session"], [ui[name] for name in handlers.COMMIT_OUTPUTS],
+                            api_visibility="private", concurrency_id="refine", trigger_mode="always_last",
+                            show_progress="hidden")
     ui["export"].click(handlers.reveal, None, ui["download"], api_visibility="private", queue=False)
     ui["export"].click(handlers.export, ui["session"], ui["download"], api_name="export")
 

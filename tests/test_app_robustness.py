@@ -94,6 +94,12 @@ def plain(message: str) -> None:
     assert 0 < len(message) < 300, message
 
 
+def kept_map(payload: dict[str, Any], name: str) -> np.ndarray:
+    """``L1`` or ``L2`` of a live-card payload (row-major float32, base64)."""
+    values = np.frombuffer(base64.b64decode(payload[name]), dtype="<f4")
+    return values.reshape(payload["height"], payload["width"])
+
+
 def overlay(path: str) -> np.ndarray:
     with Image.open(path) as picture:
         return np.asarray(picture.convert("RGB"))
@@ -105,7 +111,7 @@ def test_odd_but_legal_uploads_explain(client: Any, tmp_path: Path, case: str) -
     path.write_bytes(GOOD[case]())
     outputs = explain(client, path)
     assert 0 <= outputs["report"]["class_index"] < 1000
-    shown = overlay(outputs["map-fusion"])
+    shown = overlay(outputs["map-scorecam"])
     width, height = load_image(path).size
     assert shown.ndim == 3 and abs(shown.shape[1] / shown.shape[0] - width / height) < 0.05
 
@@ -217,9 +223,12 @@ def run_alone_and_together(server: str, requests: list[tuple[Path, str]]) -> Non
         assert report["probability"] == pytest.approx(single["report"]["probability"], abs=1e-6)
         for key in ("denoised", "region", "combined"):
             assert report["betas"][key] == pytest.approx(single["report"]["betas"][key], abs=1e-6), (path, key)
-        for name in ("map-gradcam", "map-scorecam", "map-fusion"):
+        for name in ("map-gradcam", "map-scorecam", "map-combined"):
             difference = np.abs(overlay(shared[name]).astype(int) - overlay(single[name]).astype(int)).max()
             assert difference <= 1, (path, name)
+        for kept in ("l1", "l2"):                  # what the page fuses the live cards from
+            np.testing.assert_allclose(kept_map(shared["map-fusion"], kept), kept_map(single["map-fusion"], kept),
+                                       atol=1e-5, err_msg=f"{path} {kept}")
 
 
 def test_four_clients_at_once_get_what_they_would_get_alone(server: str) -> None:

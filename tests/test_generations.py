@@ -63,7 +63,10 @@ def test_moves_during_a_new_explanation_leave_the_old_one_alone(page: dict[str, 
     session_a = _run(page["a"], None, request)
     explaining_b = _explain(page["b"], session_a, request)
     preview = next(explaining_b)                      # B's gradient maps are out; its Score-CAM is next
-    assert all(picture is None for picture in preview[5:9])      # no map of A stays on the page
+    scorecam, combined, fused, agreement = preview[5:9]          # no map of A stays on the page:
+    assert scorecam is None and combined is None                 # the static cards are emptied,
+    for card in (fused, agreement):                              # the live ones blanked at B's generation
+        assert "l1" not in card and card["generation"] > session_a.generation
     assert _skipped(_refine(session_a, request, theta=30, strength=1.0))   # θ move on A's snapshot
     assert _skipped(_refine(session_a, request, theta=10, strength=3.0))   # λ move on A's snapshot
     *_, finished = explaining_b

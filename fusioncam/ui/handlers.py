@@ -30,6 +30,7 @@ import torch
 from fusioncam.capture import CaptureError
 from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
 from fusioncam.images import load_image
+from fusioncam.live import blank_payload, disagreement_share, live_payload
 
 from . import compute, figures, text
 from .catalog import (
@@ -49,6 +50,8 @@ from .session import KEPT_SIDE, Generations, Request, Session, display_image, fi
 EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover",
                    "report", "target-class", "layer")
 REFINE_OUTPUTS = ("session", "summary", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover", "report")
+COMMIT_OUTPUTS = ("session", "summary", "hover", "report")
+LIVE_MAPS = ("fusion", "agreement")   # drawn by the page itself from one payload (fusioncam.ui.live)
 FAITHFULNESS_OUTPUTS = ("faithfulness-status", "faithfulness-table", "deletion-curves", "insertion-curves")
 NO_IMAGE = "Please upload an image first (or click one of the examples below it)."
 NOTHING_TO_SCORE = "Explain an image first (on the Explain tab); then its maps can be scored here."
@@ -93,10 +96,29 @@ def user_errors(title: str = "Cannot explain this") -> Iterator[None]:
         raise gr.Error(UNEXPECTED, title=title) from None
 
 
+def _live_payload(session: Session) -> dict[str, Any]:
+    """What the page's live cards (fused and agreement maps) draw for the session's explanation."""
+    explanation = session.explanation(MODELS.get(session.request.model))
+    return live_payload(explanation, session.generation, session.display, session.colormap, session.opacity)
+
+
+def _pictures(session: Session, names: Sequence[str] = MAP_NAMES) -> list[Any]:
+    """The values of the ``map-*`` outputs in ``names``: overlays drawn here for the static maps,
+    one payload for the live cards (the page itself fuses and draws them, following λ)."""
+    static = [name for name in names if name not in LIVE_MAPS]
+    drawn = dict(zip(static, figures.overlays(session.display, session.maps, session.colormap, session.opacity,
+                                              tuple(static)), strict=True))
+    payload = _live_payload(session) if set(names) & set(LIVE_MAPS) else None
+    return [drawn.get(name, payload) for name in names]
+
+
+def _summary(session: Session) -> str:
+    return text.summary(session.report, disagreement_share(session.maps["agreement"]))
+
+
 def _finished(session: Session) -> tuple:
     """The :data:`EXPLAIN_OUTPUTS` values for a finished explanation (the dropdowns stay as they are)."""
-    pictures = figures.overlays(session.display, session.maps, session.colormap, session.opacity)
-    return (session, text.summary(session.report), text.top5_label(session.report["top5"]), *pictures,
+    return (session, _summary(session), text.top5_label(session.report["top5"]), *_pictures(session),
             figures.weights_figure(session.report),
             figures.hover_figure(session.evidence.image, session.maps, session.colormap),
             session.report, gr.skip(), gr.skip())
@@ -143,9 +165,10 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
     top5 = evidence.top_predictions(model.class_names)
     preview = gradient_preview(evidence, params.theta, params.gradient_method)
     target_value = TOP_CLASS if target_index is None else str(target_index)
+    blank = blank_payload(generation)     # empties the live cards; older payloads can no longer land
     yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),
            *figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised")),
-           None, None, None, None, None, None, None,
+           None, None, blank, blank, None, None, None,
            gr.update(choices=class_choices(model.class_names, top5), value=target_value),
            gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
     try:
@@ -154,16 +177,18 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
             regions, maps, report = compute.gather_regions(spec, kept, region_method, topk, params)
     except gr.Error as error:
         if GENERATIONS.is_current(key, generation):
-            yield _failed(str(error))
+            yield _failed(str(error), generation)
         raise
     if GENERATIONS.is_current(key, generation):
         yield _finished(Session(wanted, generation, regions, params, maps, report, display, colormap, opacity))
 
 
-def _failed(message: str) -> tuple:
+def _failed(message: str, generation: int) -> tuple:
     """The :data:`EXPLAIN_OUTPUTS` values after a stage failed: no map and no session are kept,
     so the page never mixes the failed request with an older one."""
-    return (None, f"### The explanation could not finish\n{message}", gr.skip(), *(None for _ in MAP_NAMES),
+    blank = blank_payload(generation)
+    maps = [blank if name in LIVE_MAPS else None for name in MAP_NAMES]
+    return (None, f"### The explanation could not finish\n{message}", gr.skip(), *maps,
             None, None, None, gr.skip(), gr.skip())
 
 
@@ -175,13 +200,13 @@ def _explain_again(reset_target: bool, reset_layer: bool, clear_without_image: b
     def handler(image: str | None, model_spec: str, target: str | int | None, layer: str | None,
                 theta: float, strength: float, weights: str, baseline: str, gradient_method: str,
                 region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
-                progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+                request: gr.Request = None, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
         if not image:
             yield clear() if clear_without_image else tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
             return
         yield from explain(image, model_spec, TOP_CLASS if reset_target else target,
                            DEFAULT_LAYER if reset_layer else layer, theta, strength, weights, baseline,
-                           gradient_method, region_method, top_k, colormap, opacity, session, progress)
+                           gradient_method, region_method, top_k, colormap, opacity, session, request, progress)
 
     return handler
 
@@ -205,7 +230,10 @@ def refine(session: Session | None, theta: float, strength: float, weights: str,
     """Re-fuse the kept evidence with new fusion parameters, or redraw with a new colour map or
     opacity; only the maps that changed are sent again, and nothing at all when nothing changed,
     nothing has been explained yet, or the session's explanation is no longer the current one
-    (a newer image is being explained: a late re-fusion of the old one must not land)."""
+    (a newer image is being explained: a late re-fusion of the old one must not land).
+
+    The live cards get a new payload only when the fusion's inputs changed: the page follows λ,
+    the colour map and the opacity itself."""
     skip = tuple(gr.skip() for _ in REFINE_OUTPUTS)
     key = session_key(request)
     if session is None or not GENERATIONS.is_current(key, session.generation):
@@ -223,11 +251,34 @@ def refine(session: Session | None, theta: float, strength: float, weights: str,
     if not GENERATIONS.is_current(key, session.generation):
         return skip
     session = session.with_style(colormap, opacity)
-    pictures = [figures.overlays(session.display, session.maps, colormap, opacity, (name,))[0]
-                if restyled or not np.array_equal(session.maps[name], previous.maps[name]) else gr.skip()
-                for name in MAP_NAMES]
-    return (session, text.summary(session.report), *pictures, figures.weights_figure(session.report),
+    changed = [name for name in MAP_NAMES if (name in LIVE_MAPS and params != previous.params)
+               or (name not in LIVE_MAPS and (restyled or not np.array_equal(session.maps[name], previous.maps[name])))]
+    drawn = dict(zip(changed, _pictures(session, changed), strict=True))
+    pictures = [drawn.get(name, gr.skip()) for name in MAP_NAMES]
+    return (session, _summary(session), *pictures, figures.weights_figure(session.report),
             figures.hover_figure(session.evidence.image, session.maps, colormap), session.report)
+
+
+def commit_strength(session: Session | None, event: gr.EventData, request: gr.Request = None) -> tuple:
+    """The page settled on a fusion strength λ (it already shows the maps for it): bring the
+    session — summary, hover values, report, and so the export and the Faithfulness tab — to the
+    same λ. No network runs. A commit for another explanation than the session's current one
+    (its ``generation`` and ``key`` name the payload the page drew from) changes nothing."""
+    skip = tuple(gr.skip() for _ in COMMIT_OUTPUTS)
+    data = getattr(event, "_data", None) or {}
+    if session is None or not GENERATIONS.is_current(session_key(request), session.generation):
+        return skip
+    if data.get("generation") != session.generation:
+        return skip
+    with user_errors("Cannot apply this fusion strength"):
+        strength = float(data.get("strength"))
+        params = replace(session.params, strength=strength).validated()
+        if params == session.params:
+            return skip
+        evidence, maps, report = compute.refuse(session.request.model, session.evidence, params)
+    session = session.with_fusion(evidence, params, maps, report)
+    return (session, _summary(session), figures.hover_figure(session.evidence.image, session.maps,
+                                                             session.colormap), session.report)
 
 
 def reveal() -> dict[str, Any]:

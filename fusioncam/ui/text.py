@@ -75,8 +75,10 @@ def progress_summary(evidence: GradientEvidence, class_names: list[str]) -> str:
             "the other maps follow.")
 
 
-def summary(report: dict[str, Any]) -> str:
-    """The headline for a finished explanation: class, confidence, denoising, cost and warnings."""
+def summary(report: dict[str, Any], disagreement: float) -> str:
+    """The headline for a finished explanation: class, confidence, denoising, where the two views
+    disagree (``disagreement``: the share of pixels with ``S < 0.9`` at the current λ), cost and
+    warnings."""
     denoise, passes = report["denoise"], report["forward_passes"]
     seconds = sum(report["timings"].values())
     lines = [
@@ -85,6 +87,8 @@ def summary(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, layer `{report['layer']}` · denoising at θ = {denoise['theta']:g} removed "
         f"{denoise['zeroed_pixels']:,} pixels ({denoise['zeroed_fraction']:.0%}) of Grad-CAM · "
         f"{passes['total']:,} network passes in {seconds:.1f} s on {report['device']}.",
+        f"At λ = {report['params']['strength']:g} the gradient and region views disagree (S < 0.9) on "
+        f"{disagreement:.0%} of the pixels.",
     ]
     lines += [f"> ⚠️ {warning}" for warning in report["warnings"]]
     return "\n\n".join(lines)
