@@ -76,7 +76,9 @@ def auto_chunk_size(device: torch.device, sample_shape: tuple[int, ...], module:
                     precision: str = "fp32") -> int:
     """Masked inputs per forward pass: :data:`CPU_CHUNK` on CPU (and MPS); on CUDA sized from the
     free memory, using the per-sample memory of ``module`` measured once by a probe forward when
-    given (cached per device, network, input shape and precision), else a generous fixed budget."""
+    given (cached per device, network, input shape and precision), else a generous fixed budget,
+    rounded down to a power of two: free memory varies between requests, and each chunk size is a
+    graph of its own for the compiled scoring network (:mod:`fusioncam.compiled`)."""
     if device.type != "cuda":
         return CPU_CHUNK
     shape = tuple(sample_shape[-3:])
@@ -90,7 +92,8 @@ def auto_chunk_size(device: torch.device, sample_shape: tuple[int, ...], module:
             _gpu_chunk_cache[key] = _probe_bytes_per_sample(network, device, shape, precision)
         per_sample = _gpu_chunk_cache[key]
     free, _total = torch.cuda.mem_get_info(device)
-    return int(max(1, min(GPU_MAX_CHUNK, free * GPU_MEMORY_SHARE // per_sample)))
+    chunk = int(max(1, min(GPU_MAX_CHUNK, free * GPU_MEMORY_SHARE // per_sample)))
+    return 1 << (chunk.bit_length() - 1)
 
 
 def _probe_bytes_per_sample(network: nn.Module, device: torch.device, shape: tuple[int, ...],

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fusioncam import LoadedModel, load_model
-from fusioncam.backend import auto_chunk_size, check_precision, prefers_channels_last
+from fusioncam.backend import GPU_MAX_CHUNK, auto_chunk_size, check_precision, prefers_channels_last
 from fusioncam.explain import GradientEvidence, capture_evidence
 from fusioncam.images import load_image
 from fusioncam.region import RegionScores, region_map, score_channels
@@ -83,6 +83,14 @@ def test_reduced_precision_is_off_by_default(tiny_model: LoadedModel, tiny_evide
     assert region.scores.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown precision"):
         check_precision("int8")
+
+
+@pytest.mark.parametrize(("free_bytes", "chunk"), [(1e9, 4), (3.3e9, 16), (1e12, GPU_MAX_CHUNK)])
+def test_gpu_chunk_is_a_power_of_two(monkeypatch: pytest.MonkeyPatch, free_bytes: float, chunk: int) -> None:
+    """Free memory differs between requests (7 and 25 fit here); a power of two keeps the compiled
+    scoring network to a few graph shapes."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_bytes), int(free_bytes)))
+    assert auto_chunk_size(torch.device("cuda"), (3, 224, 224)) == chunk
 
 
 @pytest.mark.slow
