@@ -156,3 +156,14 @@ def test_the_faithfulness_tab_adds_road_and_the_card_of_the_explanations_baselin
     hidden, without = trust.road_and_card(session, 16, [], False, None, lambda *_a, **_k: None)
     assert hidden["visible"] is False and "ROAD" not in without and "black" in without
     assert trust.road_and_card(None, 16, [], True, None, lambda *_a, **_k: None)[1] == trust.DEFAULT_CARD
+
+
+@pytest.mark.slow
+def test_the_faithfulness_tab_has_the_road_option_the_table_and_the_card() -> None:
+    pytest.importorskip("gradio")
+    import app
+
+    config = app.demo.get_config_file()
+    props = {c.get("props", {}).get("elem_id"): c.get("props", {}) for c in config["components"]}
+    assert {"faithfulness-road", "road-table", "faithfulness-protocol"} <= set(props)
+    assert "| Masking baseline |" in props["faithfulness-protocol"]["value"]
