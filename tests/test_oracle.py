@@ -4,9 +4,13 @@
   upsamples masks with ``align_corners=True`` and applies ReLU before upsampling, so it is
   compared exactly with those two choices switched, and loosely (correlation) as specified.
 - A plain, unbatched transcription of METHOD.md written here (one forward per channel).
+- Vision transformers (random weights): our automatic token maps against pytorch-grad-cam
+  with the ``reshape_transform`` its documentation has users write by hand.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGrad
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from fusioncam import Explanation, LoadedModel, explain, load_model
+from fusioncam.explain import capture_evidence
+from fusioncam.images import load_image
 from fusioncam.region import region_map, score_channels
 
 pytestmark = pytest.mark.slow
@@ -131,3 +137,34 @@ def test_fusion_cam_equals_a_plain_transcription_of_the_method(oracle_model: Loa
     plain = plain_fusion_cam(oracle_model.module, e.x, e.target)
     for name, expected in plain.items():
         np.testing.assert_allclose(cat_explanation.maps[name], expected, atol=1e-4, err_msg=name)
+
+
+def vit_reshape_transform(prefix: int, grid: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pytorch-grad-cam's documented ViT ``reshape_transform``, its prefix and grid written out by hand."""
+    def transform(tensor: torch.Tensor) -> torch.Tensor:
+        result = tensor[:, prefix:, :].reshape(tensor.size(0), grid[0], grid[1], tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+    return transform
+
+
+@pytest.mark.parametrize(("architecture", "prefix"), [("vit_tiny_patch16_224", 1),
+                                                      ("deit_tiny_distilled_patch16_224", 2)])
+def test_vit_gradcam_equals_pytorch_grad_cam_with_a_hand_written_reshape(architecture: str, prefix: int,
+                                                                        cat_path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(architecture, pretrained=False)
+    with torch.no_grad():               # timm's zero biases make random ViT maps nearly flat
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.1)
+    model = LoadedModel.from_module(module, name=architecture, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert model.default_layer == "blocks.11.norm1"
+    [evidence] = capture_evidence(model, [load_image(cat_path)])
+    ours = evidence.gradient_map("gradcam").numpy()
+    with GradCAM(model=module, target_layers=[module.blocks[-1].norm1],
+                 reshape_transform=vit_reshape_transform(prefix, (14, 14))) as cam:
+        theirs = cam(input_tensor=evidence.x[None], targets=[ClassifierOutputTarget(evidence.target)])[0]
+    assert ours.max() - ours.min() > 0.5
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -13,12 +13,14 @@ from fusioncam.models import BUNDLED, LoadedModel, ModelError, load_model
 
 MODEL_CHOICES: list[tuple[str, str]] = [
     ("EfficientNet-Lite0 (bundled, works offline)", BUNDLED),
+    ("EfficientNet-Lite1 (bundled, works offline)", "efficientnet_lite1"),
+    ("EfficientNet-Lite2 (bundled, works offline)", "efficientnet_lite2"),
     ("ResNet-50 (torchvision, downloads on first use)", "torchvision:resnet50"),
-    ("VGG-16 (torchvision, downloads on first use)", "torchvision:vgg16"),
-    ("DenseNet-121 (torchvision, downloads on first use)", "torchvision:densenet121"),
     ("MobileNetV3-Large (torchvision, downloads on first use)", "torchvision:mobilenet_v3_large"),
     ("ConvNeXt-Tiny (timm, downloads on first use)", "timm:convnext_tiny"),
-    ("EfficientNet-B0 (timm, downloads on first use)", "timm:efficientnet_b0"),
+    ("ViT-B/16 (timm, transformer, downloads on first use)", "timm:vit_base_patch16_224"),
+    ("DeiT-S distilled (timm, transformer, downloads on first use)", "timm:deit_small_distilled_patch16_224"),
+    ("Swin-T (timm, transformer, downloads on first use)", "timm:swin_tiny_patch4_window7_224"),
 ]
 TOP_CLASS = "top"           # target-class value meaning "the model's top prediction"
 DEFAULT_LAYER = "default"   # layer value meaning "the model's default target layer"
