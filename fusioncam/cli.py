@@ -146,6 +146,9 @@ def build_parser() -> OneLineParser:
                               help="under torchrun, cuda means cuda:LOCAL_RANK for each rank")
     evaluate_cmd.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
     evaluate_cmd.set_defaults(handler=run_evaluate)
+    from .sanity_cli import add_sanity_command
+
+    add_sanity_command(commands)
     return parser
 
 
