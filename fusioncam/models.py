@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import threading
 from collections import OrderedDict
@@ -163,15 +164,29 @@ class LoadedModel:
 
     def candidate_layers(self, useful: bool = False) -> list[str]:
         """Names of the modules whose output reads as spatial maps (``maps``, ``channels_last`` or
-        ``tokens``, h, w > 1), in forward order. ``useful=True`` keeps the default layer and the
-        modules with parameters at most one level below the shallowest candidate (stages and
-        blocks, not their activations, dropouts and identities)."""
+        ``tokens``, h, w > 1), in forward order. ``useful=True`` keeps the modules with parameters
+        at most one level below the shallowest candidate (stages and blocks, not their
+        activations, dropouts and identities), the default layer and its counterparts in the
+        other blocks (the default's name with other block numbers: ``blocks.*.norm1``,
+        ``encoder_layer_*.ln_1``)."""
         names = list(self._spatial_outputs)
         if not useful:
             return names
         top = min(name.count(".") for name in names) + 1
-        return [name for name in names if name == self.default_layer or (
+        counterparts = self._counterparts(str(self.default_layer))
+        return [name for name in names if counterparts.fullmatch(name) or (
             name.count(".") <= top and next(self.module.get_submodule(name).parameters(), None) is not None)]
+
+    def _counterparts(self, name: str) -> re.Pattern[str]:
+        """A pattern matching ``name`` in every block: each part of the dotted name that is a
+        member of a ``Sequential``/``ModuleList`` (a block) matches any number in its place."""
+        parts, parent, pattern = name.split("."), self.module, []
+        for part in parts:
+            stem = part.rstrip("0123456789")
+            repeated = isinstance(parent, (nn.Sequential, nn.ModuleList)) and stem != part
+            pattern.append(re.escape(stem) + r"\d+" if repeated else re.escape(part))
+            parent = parent.get_submodule(part)
+        return re.compile(r"\.".join(pattern))
 
     def layer_shape(self, name: str) -> LayerShape:
         """The raw output shape and layout of candidate layer ``name``."""
