@@ -15,29 +15,33 @@ from PIL import Image
 
 #: Colour maps for saliency maps (OpenCV's). ``jet`` is the papers'; viridis and cividis are
 #: perceptually uniform and readable with colour-vision deficiency (cividis was designed for it).
+#: magma is left out: its purple-to-pink run is the agreement map's.
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
     "viridis": cv2.COLORMAP_VIRIDIS,
     "cividis": cv2.COLORMAP_CIVIDIS,
     "turbo": cv2.COLORMAP_TURBO,
     "inferno": cv2.COLORMAP_INFERNO,
-    "magma": cv2.COLORMAP_MAGMA,
     "hot": cv2.COLORMAP_HOT,
 }
 COLOUR_BLIND_SAFE = ("viridis", "cividis")
 #: The agreement map's own colour map, unlike any saliency map: near white where the two views
-#: agree (S = 1), through pink to deep purple where they disagree (S = 0). It is ColorBrewer's
-#: single-hue-family RdPu ramp reversed (lightness falls monotonically, so it reads in grey too).
+#: agree (S = 1), through pink to deep purple where they disagree (S = 0): ColorBrewer's RdPu
+#: colours, reversed (lightness falls monotonically, so it reads in grey too). On its fixed 0–1
+#: scale the colours change fastest between 1 and 0.5, where agreement values mostly lie: the
+#: threshold S = 0.9 is already a clear pink, S = 0.7 a strong magenta.
 AGREEMENT_COLORMAP = "agreement"
-_RDPU = ("#fff7f3", "#fde0dd", "#fcc5c0", "#fa9fb5", "#f768a1", "#dd3497", "#ae017e", "#7a0177", "#49006a")
+_AGREEMENT_ANCHORS = ((0.0, "#49006a"), (0.35, "#7a0177"), (0.55, "#ae017e"), (0.7, "#dd3497"), (0.8, "#f768a1"),
+                      (0.85, "#fa9fb5"), (0.9, "#fcc5c0"), (0.95, "#fde0dd"), (1.0, "#fff7f3"))
 
 
 @cache
 def colour_table(name: str) -> np.ndarray:
     """The ``256×3`` uint8 RGB table of a colour map in :data:`COLORMAPS` or :data:`AGREEMENT_COLORMAP`."""
     if name == AGREEMENT_COLORMAP:
-        anchors = np.array([[int(code[i:i + 2], 16) for i in (1, 3, 5)] for code in _RDPU[::-1]], dtype=np.float64)
-        positions = np.linspace(0, 255, len(anchors))
+        anchors = np.array([[int(code[i:i + 2], 16) for i in (1, 3, 5)] for _, code in _AGREEMENT_ANCHORS],
+                           dtype=np.float64)
+        positions = 255 * np.array([value for value, _ in _AGREEMENT_ANCHORS])
         table = np.stack([np.interp(np.arange(256), positions, anchors[:, c]) for c in range(3)], axis=1)
         result = np.round(table).astype(np.uint8)
     elif name in COLORMAPS:
@@ -68,6 +72,13 @@ def overlay(image: Image.Image | np.ndarray, saliency: np.ndarray, colormap: str
     base = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     colour = heatmap(saliency, colormap, size=(base.shape[1], base.shape[0]))
     return cv2.addWeighted(base, 1.0 - opacity, colour, opacity, 0.0)
+
+
+def agreement_overlay(image: Image.Image | np.ndarray, agreement: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """The agreement map ``S`` on its fixed 0–1 scale, in :data:`AGREEMENT_COLORMAP`, over a grey copy of
+    the image (Pillow's luma ``L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16``), so colour shows only the map."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return overlay(picture.convert("RGB").convert("L").convert("RGB"), agreement, AGREEMENT_COLORMAP, opacity)
 
 
 def save_png(picture: np.ndarray, path: str) -> None:

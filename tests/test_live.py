@@ -27,7 +27,14 @@ from fusioncam import fusion
 from fusioncam.explain import MAP_NAMES, Explanation, explain
 from fusioncam.live import blank_payload, disagreement_share, kept_maps, live_payload
 from fusioncam.models import LoadedModel
-from fusioncam.render import AGREEMENT_COLORMAP, COLORMAPS, COLOUR_BLIND_SAFE, colour_table, overlay
+from fusioncam.render import (
+    AGREEMENT_COLORMAP,
+    COLORMAPS,
+    COLOUR_BLIND_SAFE,
+    agreement_overlay,
+    colour_table,
+    overlay,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -280,11 +287,11 @@ def test_page_fusion_equals_the_library(live_page: tuple[Any, Page, list[str]]) 
         assert f"{100 * share:.0f}" in tab.locator("#map-agreement .fc-note").inner_text() or share < 0.1
         # The picture: the library's overlay of the same map on the same photo (a JPEG decoder's and a
         # rounding's worth of difference at most).
-        for kind, colormap in (("fusion", "jet"), ("agreement", AGREEMENT_COLORMAP)):
+        for kind, library in (("fusion", overlay(photo(payload), expected["fusion"], "jet", 0.5)),
+                              ("agreement", agreement_overlay(photo(payload), expected["agreement"], 0.5))):
             drawn = canvas_pixels(tab, kind)
-            library = overlay(photo(payload), expected[kind], colormap, 0.5).astype(np.int16)
             assert drawn.shape == library.shape
-            difference = np.abs(drawn - library)
+            difference = np.abs(drawn - library.astype(np.int16))
             assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8, (kind, strength)
 
 

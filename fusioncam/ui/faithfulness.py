@@ -98,7 +98,8 @@ def curves_figure(scores: dict[str, MapScores], names: dict[str, str], kind: str
                          xaxis={"title": f"fraction of pixels {'deleted' if deleting else 'inserted'}",
                                 "tickformat": ".0%", "range": [0, 1]},
                          yaxis={"title": "class probability", "range": [0, 1.02]},
-                         legend={"title": {"text": "map (AUC)"}}, template="plotly_white")
+                         legend={"title": {"text": "map (AUC)"}, "orientation": "h", "yanchor": "top", "y": -0.3,
+                                 "x": 0}, template="plotly_white")
     return figure
 
 

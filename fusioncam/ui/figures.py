@@ -31,24 +31,38 @@ def overlays(display: Image.Image, maps: dict[str, np.ndarray], colormap: str, o
     return [overlay(display, maps[name], colormap, opacity) for name in names]
 
 
+def value_range(values: list[float], headroom: float = 0.2) -> list[float]:
+    """A y-range holding 0, every value, and ``headroom`` × the span beyond the tallest bar (and below
+    the deepest negative one) for the value printed outside each bar."""
+    low, high = min(0.0, *values), max(0.0, *values)
+    span = (high - low) or 1.0
+    return [low - headroom * span if low < 0 else 0.0, high + headroom * span if high > 0 or low == 0 else 0.0]
+
+
 def weights_figure(report: dict[str, Any]) -> go.Figure:
     """Grouped bars: β (probability gain of each masked input), β̂ (shares in the combined map)
-    and γ (shares in Fusion-CAM)."""
+    and γ (shares in Fusion-CAM). The y-range is set from the data so no bar or label is clipped;
+    the one-row legend (named like the map cards) sits above the plot, clear of the bars and of the
+    unrotated group names."""
     betas, gammas = report["betas"], report["gammas"]
-    groups = ["β<br>confidence gain", "β̂<br>share in combined", "γ<br>share in Fusion-CAM"]
+    groups = ["β<br>confidence<br>gain", "β̂<br>share in<br>combined", "γ<br>share in<br>Fusion-CAM"]
     series = {
-        "denoised": ("Denoised Grad-CAM", [betas["denoised"], betas["denoised_hat"], None]),
-        "region": ("Score-CAM", [betas["region"], betas["region_hat"], gammas["region"]]),
-        "combined": ("Combined", [betas["combined"], None, gammas["combined"]]),
+        "denoised": ("② Denoised", [betas["denoised"], betas["denoised_hat"], None]),
+        "region": ("③ Score-CAM", [betas["region"], betas["region_hat"], gammas["region"]]),
+        "combined": ("④ Combined", [betas["combined"], None, gammas["combined"]]),
     }
     figure = go.Figure()
     for key, (label, values) in series.items():
         figure.add_bar(name=label, x=groups, y=values, marker_color=COLORS[key],
                        text=[None if v is None else f"{v:.3f}" for v in values], textposition="outside",
                        cliponaxis=False, hovertemplate=f"{label}<br>%{{x}} = %{{y:.4f}}<extra></extra>")
-    figure.update_layout(barmode="group", height=340, margin={"l": 40, "r": 10, "t": 30, "b": 20},
-                         legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}, yaxis_title="weight",
-                         template="plotly_white")
+    shown = [v for _, values in series.values() for v in values if v is not None]
+    # The top margin leaves room for Gradio's label chip over the figure and, under it, the legend
+    # (one row, two on a phone).
+    figure.update_layout(barmode="group", height=370, margin={"l": 40, "r": 10, "t": 90, "b": 10},
+                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                         yaxis={"title": "weight", "range": value_range(shown)}, xaxis={"tickangle": 0},
+                         uniformtext={"minsize": 9, "mode": "show"}, template="plotly_white")
     figure.add_hline(y=0, line_width=1, line_color="#888")
     return figure
 

@@ -89,19 +89,25 @@ function axis(source, target) {
 }
 
 async function decode(payload) {
-  const photo = new Image();
-  photo.src = payload.image;
-  await photo.decode();
-  const width = photo.naturalWidth, height = photo.naturalHeight;
+  const picture = new Image();
+  picture.src = payload.image;
+  await picture.decode();
+  const width = picture.naturalWidth, height = picture.naturalHeight;
   const scratch = document.createElement("canvas");
   scratch.width = width; scratch.height = height;
   const context = scratch.getContext("2d", { willReadFrequently: true });
-  context.drawImage(photo, 0, 0);
+  context.drawImage(picture, 0, 0);
+  let photo = context.getImageData(0, 0, width, height).data;
+  if (CONFIG.kind === "agreement") {   // over a grey copy (Pillow's luma), as render.agreement_overlay
+    photo = photo.slice();
+    for (let o = 0; o < photo.length; o += 4) {
+      photo[o] = photo[o + 1] = photo[o + 2] = (photo[o] * 19595 + photo[o + 1] * 38470 + photo[o + 2] * 7471 + 0x8000) >> 16;
+    }
+  }
   return {
     generation: payload.generation, key: payload.key, width: payload.width, height: payload.height,
     l1: decodeFloats(payload.l1), l2: decodeFloats(payload.l2), strength: payload.strength,
-    colormap: payload.colormap, opacity: payload.opacity,
-    photo: context.getImageData(0, 0, width, height).data, photoWidth: width, photoHeight: height,
+    colormap: payload.colormap, opacity: payload.opacity, photo, photoWidth: width, photoHeight: height,
     xs: axis(payload.width, width), ys: axis(payload.height, height),
   };
 }

@@ -52,8 +52,7 @@ TICKS = {
                   f'title="S = {DISAGREEMENT_THRESHOLD:g}"></div>'),
 }
 CARD_CSS = """
-.fc-live { display: flex; flex-direction: column; gap: 6px; padding: 8px; border-radius: var(--block-radius);
-  border: 1px solid var(--block-border-color); background: var(--block-background-fill); }
+.fc-live { display: flex; flex-direction: column; gap: 6px; }
 .fc-label { font-size: var(--block-label-text-size); font-weight: var(--block-label-text-weight);
   color: var(--block-label-text-color); }
 .fc-canvas { display: block; width: 100%; height: auto; border-radius: var(--radius-sm); }
@@ -61,19 +60,22 @@ CARD_CSS = """
 .fc-empty { display: flex; align-items: center; justify-content: center; aspect-ratio: 4 / 3;
   color: var(--body-text-color-subdued); font-size: var(--text-sm); border-radius: var(--radius-sm);
   border: 1px dashed var(--border-color-primary); }
-.fc-ramp { display: block; width: 100%; height: 10px; border-radius: 2px; }
 .fc-legend { position: relative; }
+.fc-ramp { display: block; width: 100%; height: 10px; border-radius: 2px; }
 .fc-ticks { display: flex; justify-content: space-between; font-size: var(--text-xs);
   color: var(--body-text-color-subdued); }
 .fc-mark { position: absolute; top: -3px; height: 16px; border-left: 2px solid var(--body-text-color); }
 .fc-note { font-size: var(--text-sm); color: var(--body-text-color); min-height: 1.4em; }
 """
-#: CSS for ``launch(css=…)``: every map card, image or canvas, as tall as its picture's aspect
-#: ratio needs (no fixed height that leaves a wide picture in a tall empty box).
+#: CSS for ``launch(css=…)`` with the image map cards made without a fixed ``height``: each
+#: picture fills its card's width at its own aspect ratio, so the card is as tall as the picture
+#: needs (a wide picture no longer sits in a tall, mostly empty box).
 MAP_GRID_CSS = """
-.map-card .image-container, .map-card .image-frame { height: auto !important; }
-.map-card .image-frame img { width: 100%; height: auto !important; max-height: none; object-fit: contain; }
-.map-card button.upload-container, .map-card .empty { min-height: 120px; }
+:is(#map-gradcam, #map-denoised, #map-scorecam, #map-combined) .image-container { padding-top: 30px; }
+:is(#map-gradcam, #map-denoised, #map-scorecam, #map-combined) .image-frame img {
+  width: 100%; height: auto; object-fit: contain; }
+:is(#map-fusion, #map-agreement) { min-width: min(160px, 100%) !important; }
+:is(#map-fusion, #map-agreement) .html-container { padding: 6px var(--block-padding) var(--block-padding); }
 """
 
 
@@ -99,5 +101,5 @@ def live_map(kind: str, label: str) -> gr.HTML:
     empty = "The fused map appears here." if kind == "fusion" else "Where the two views agree appears here."
     template = TEMPLATE.format(kind=kind, label=label, empty=empty, ticks=TICKS[kind])
     return gr.HTML(None, html_template=template, css_template=CARD_CSS, js_on_load=_script(kind),
-                   apply_default_css=False, elem_id=KINDS[kind], elem_classes=["map-card", "live-map"])
+                   apply_default_css=False, container=True, elem_id=KINDS[kind])
 
