@@ -28,7 +28,8 @@ hardly mattered. Values run from 0 to 1 within each map, so compare *where* maps
 5. **Fusion-CAM**, the final answer: where the combined map and Score-CAM agree it keeps the stronger
    value; where they disagree it averages them. The *fusion strength λ* slider sets how strongly
    disagreement pulls towards the average (λ = 0 simply keeps the maximum).
-6. **Agreement** shows where the two methods agree (bright) or disagree (dark).
+6. **Agreement** shows, on a fixed 0–1 scale, where the combined map and Score-CAM agree (pale grey)
+   or disagree (pink to purple); see *The agreement map* below.
 
 **Weights chart.** β is the gain in the model's confidence when only that map's region is kept,
 compared with a blank image; γ is each map's share in Fusion-CAM. A negative or tiny β means that
@@ -38,6 +39,20 @@ map's region alone did not convince the model; the app warns you when the weight
 the warm region is the background (snow behind a wolf, water behind a boat), the model may rely on
 context rather than the object itself. Try another class in *Explain which class* to see what the
 model would look at for it.
+"""
+
+HOW_TO_READ_AGREEMENT = """
+**The agreement map.** Fusion-CAM compares the two weighted views pixel by pixel: the combined map
+(gradients and regions together) and Score-CAM (regions alone). The agreement S is 1 where they give a
+pixel the same importance and falls as they differ, faster at a larger fusion strength λ:
+S = 1 − λ × (the difference), never below 0. It is drawn in its own colours, over a grey copy of the
+image, on the same 0–1 scale for every image: **pale** where the views agree, **pink** below the mark at
+S = 0.9, **deep purple** where they disagree strongly. The card and the summary give the share of the
+image below 0.9. Where the views agree, Fusion-CAM keeps their stronger value; where they disagree it
+moves towards their average, so a large pink area means the fused map there is a compromise: look at
+maps ③ and ④ to see which view puts the importance where. At λ = 0 the map is pale everywhere (the
+fusion then just keeps the maximum). Moving λ, the colour map or the opacity redraws these maps in
+your browser at once; the server learns the new λ a quarter of a second after you stop.
 """
 
 STALE_SCORES = ("A new explanation started while these maps were being scored, so their scores were not shown; "
