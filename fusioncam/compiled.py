@@ -32,7 +32,8 @@ device, the batch shape, dtype, memory layout and precision (autocast). The rule
   A fork copies only the thread that forks: a compile thread running at that moment vanishes in the
   child while the locks it held (dynamo's compile lock, the import lock, allocator locks) stay
   locked there, so the worker can hang; and a graph compiled inside a worker dies with it. So no
-  compile thread is ever started there — nor when ``FUSIONCAM_COMPILE=0`` (the test suite sets it).
+  compile thread is ever started there, nor in any process forked from another, nor when
+  ``FUSIONCAM_COMPILE=0`` (the test suite sets it).
 """
 
 from __future__ import annotations
@@ -76,15 +77,25 @@ def _cancel_builds() -> None:
     A compile thread is not a daemon: a daemon thread killed inside torch's C++ code during
     interpreter shutdown aborts the process ("terminate called without an active exception").
     Instead an exception is raised in it at its next Python bytecode (dynamo's tracing is Python,
-    so within moments) and the thread is joined: a script that exits while a graph compiles
-    neither waits for the compilation nor dies in it.
+    so within moments; measured: 0.5–2.5 s more to exit) and the thread is joined: a script that
+    exits while a graph compiles neither waits for the compilation nor dies in it.
     """
     for thread in list(_builders):
         if thread.ident is not None and thread.is_alive():
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Cancelled))
 
 
+def _forked() -> None:
+    """In a process forked from this one: no compiling there (a compile thread and the locks it held
+    did not come along; see the module doc). Graphs ready before the fork still serve."""
+    global _in_fork_child
+    _in_fork_child = True
+
+
+_in_fork_child = False
 threading._register_atexit(_cancel_builds)   # the hook concurrent.futures uses; runs before threads are joined
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ def compile_blocker() -> str | None:
         return f"{SWITCH}={os.environ[SWITCH]}"
     if on_zero_gpu() or _spaces_zero_gpu():
         return "ZeroGPU runs GPU calls in forked workers"
+    if _in_fork_child:
+        return "a forked process"
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import sys
 import threading
 import types
@@ -108,6 +109,17 @@ def test_compiled_maps_equal_eager_and_one_graph_serves_every_image(compiling: N
     assert counters["stats"]["unique_graphs"] == graphs
     assert model.scorers.builds_started == 1
 
+    # Four requests at once through the ready graph.
+    answers.clear()
+    threads = [threading.Thread(target=lambda: answers.append(_region(model, evidences))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and CountingNet.eager_forwards[0] - forwards == 7
+    for _scores, cam in answers:
+        assert (cam - expected[0][1]).abs().max().item() <= 1e-4
+
     # Dropped with the model: neither the network nor its traced copy outlives it.
     model = None
     answers.clear()
@@ -144,6 +156,16 @@ def test_no_compile_thread_when_off(compiling: None, switch: str, monkeypatch: p
     torch.testing.assert_close(model.score(batch, pad_to=4), expected)
     assert model.scorers.builds_started == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("fusioncam-compile")]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_process_never_compiles(compiling: None) -> None:
+    pid = os.fork()
+    if pid == 0:                                       # the child: only report, run no torch op
+        os._exit(0 if compile_blocker() == "a forked process" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert compile_blocker() is None
 
 
 def test_compile_is_on_by_default_and_opt_out_is_kept(tiny_model: LoadedModel) -> None:
