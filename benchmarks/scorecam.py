@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> None:
             record(f"{EXACT}, compiled", seconds, passes + 1, peak(), cam)
             approximations["compiled fp32"], timings["compiled fp32"] = cam, seconds
         ex = None
-        for compiled in (False, True) if args.compile else (False,):
+        for compiled in ((False, True) if args.compile else (False,)) if args.explain else ():
             with compiled_scoring(model, compiled), peak_memory(device) as peak:
                 seconds, ex = timed(lambda image=image: explain(model, image, layer=layer_name,
                                                                 chunk_size=args.chunk), device)
@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
         if approximations:
             with compiled_scoring(model, args.compile):    # the metrics' passes are exact either way
                 record_fidelity(model, e, exact, approximations, timings, rows[EXACT]["s"][-1], fidelity)
-        time_refusion(model, ex, refusion, index, device)
+        if ex is not None:
+            time_refusion(model, ex, refusion, index, device)
         print(f"  image {index + 1}/{len(paths)} {path.name}: {passes} masked passes "
               f"({k_total - passes} of {k_total} channels flat)", flush=True)
 
@@ -286,9 +287,10 @@ def report(args: argparse.Namespace, model: LoadedModel, layer: str, device: tor
     print("|---|" + "---:|" * len(batches))
     for name, per in table.items():
         print(f"| {name} | " + " | ".join(f"{per[b]:.0f}" if b in per else "–" for b in batches) + " |")
-    print("\n| re-fusion from kept evidence | median ms |\n|---|---:|")
-    for name, values in refusion.items():
-        print(f"| {name} | {1000 * median(values):.1f} |")
+    if refusion:
+        print("\n| re-fusion from kept evidence | median ms |\n|---|---:|")
+        for name, values in refusion.items():
+            print(f"| {name} | {1000 * median(values):.1f} |")
     if fidelity:
         print("\n| approximation | median time / exact eager | min corr. with exact | max \\|Δ map\\| "
               "| Δ Average Drop (pp) | Δ Deletion AUC | Δ Insertion AUC |\n|---|---:|---:|---:|---:|---:|---:|")
@@ -325,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="reduced-precision variants to report (fidelity and time)")
     parser.add_argument("--top-k", nargs="*", type=int, default=[64, 128, 256])
     parser.add_argument("--skip-peers", action="store_true", help="skip pytorch-grad-cam and the per-channel loop")
+    parser.add_argument("--skip-explain", dest="explain", action="store_false",
+                        help="skip the full Fusion-CAM explain rows and the re-fusion timings")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="no compiled rows (fusioncam/compiled.py)")
     parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES),
