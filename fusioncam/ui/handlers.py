@@ -160,6 +160,7 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         progress(0.02, desc="Grad-CAM: one pass through the network…")
         evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
     if not GENERATIONS.is_current(key, generation):
+        yield _unchanged()            # superseded: a generator that yields nothing would clear the page
         return
     display = display_image(evidence.image)
     top5 = evidence.top_predictions(model.class_names)
@@ -181,6 +182,13 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         raise
     if GENERATIONS.is_current(key, generation):
         yield _finished(Session(wanted, generation, regions, params, maps, report, display, colormap, opacity))
+    else:
+        yield _unchanged()
+
+
+def _unchanged() -> tuple:
+    """The :data:`EXPLAIN_OUTPUTS` values that leave the page as it is."""
+    return tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
 
 
 def _failed(message: str, generation: int) -> tuple:
@@ -202,7 +210,7 @@ def _explain_again(reset_target: bool, reset_layer: bool, clear_without_image: b
                 region_method: str, top_k: float, colormap: str, opacity: float, session: Session | None,
                 request: gr.Request = None, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
         if not image:
-            yield clear() if clear_without_image else tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
+            yield clear() if clear_without_image else _unchanged()
             return
         yield from explain(image, model_spec, TOP_CLASS if reset_target else target,
                            DEFAULT_LAYER if reset_layer else layer, theta, strength, weights, baseline,
