@@ -216,6 +216,9 @@ class LoadedModel:
             dummy = torch.zeros(1, 3, *self.input_size, device=self.device)
             with torch.inference_mode():
                 self.module(dummy)
+        except Exception as error:  # a model built for another input size fails in many ways
+            raise ModelError(f"model {self.name!r} cannot run on its {self.input_size[0]}×{self.input_size[1]} "
+                             f"input: {type(error).__name__}: {error}") from None
         finally:
             for handle in handles:
                 handle.remove()

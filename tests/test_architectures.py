@@ -169,6 +169,12 @@ def test_a_vit_with_dynamic_image_size_explains_a_non_square_input(images: list[
     assert all(m.shape == (48, 80) and np.isfinite(m).all() for m in exp.maps.values())
 
 
+def test_a_model_that_cannot_run_at_the_input_size_is_refused_at_load() -> None:
+    module = build("vit_tiny").module                             # fixed 64×64 patch grid
+    with pytest.raises(ModelError, match=r"cannot run on its 48×80 input: AssertionError"):
+        LoadedModel.from_module(module, name="vit", input_size=(48, 80), class_names=CLASSES)
+
+
 def test_explaining_a_full_vit_at_its_last_blocks_first_norm() -> None:
     """The outside contract: ``explain(model, image, layer="blocks.11.norm1")`` on a timm ViT."""
     torch.manual_seed(0)
