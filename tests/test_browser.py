@@ -13,6 +13,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 CAT = Path(__file__).resolve().parent.parent / "assets" / "cat.jpg"
+COFFEE = Path(__file__).resolve().parent.parent / "assets" / "coffee.jpg"
 MAPS = ("gradcam", "denoised", "scorecam", "combined", "fusion", "agreement")
 SLOW_MS = 240_000   # a full Score-CAM on a busy 2-core CPU
 
@@ -42,21 +43,38 @@ def page() -> Iterator[Any]:
         app.demo.close()
 
 
-def map_source(page: Any, name: str) -> str | None:
-    """The ``src`` of a map's picture, or ``None`` while it is empty."""
+LIVE = ("fusion", "agreement")   # drawn by the page on a canvas (fusioncam/ui/live.py)
+
+
+def map_version(page: Any, name: str) -> str | None:
+    """What a map card shows now: the ``src`` of a static map's picture, or the payload key and
+    paint count of a live card; ``None`` while the card is empty."""
+    if name in LIVE:
+        return page.evaluate(f"""() => {{ const d = document.querySelector('#map-{name} .fc-live').dataset;
+                                         return d.state === 'drawn' ? `${{d.key}}#${{d.paints}}` : null; }}""")
     picture = page.locator(f"#map-{name} img")
     return picture.first.get_attribute("src") if picture.count() else None
 
 
 def wait_for_new_map(page: Any, name: str, old: str | None) -> str:
-    """Wait until the map's picture exists and differs from ``old``; return its ``src``."""
+    """Wait until the map card shows something other than ``old``; return what it shows."""
     page.wait_for_function(
-        """([name, old]) => { const img = document.querySelector(`#map-${name} img`);
-                               return img && img.src && img.src !== old; }""",
-        arg=[name, old or ""], timeout=SLOW_MS)
-    source = map_source(page, name)
-    assert source
-    return source
+        """([name, old, live]) => {
+             if (live) { const d = document.querySelector(`#map-${name} .fc-live`).dataset;
+                         return d.state === 'drawn' && `${d.key}#${d.paints}` !== old; }
+             const img = document.querySelector(`#map-${name} img`);
+             return img && img.src && img.src !== old; }""",
+        arg=[name, old or "", name in LIVE], timeout=SLOW_MS)
+    version = map_version(page, name)
+    assert version
+    return version
+
+
+def wait_for_summary(page: Any, text: str) -> str:
+    """Wait until the summary holds ``text`` (a finished explanation says where the views disagree)."""
+    page.wait_for_function("text => document.querySelector('#summary').innerText.includes(text)", arg=text,
+                           timeout=SLOW_MS)
+    return page.locator("#summary").inner_text()
 
 
 def test_upload_run_tune_and_switch_class(page: Any, tmp_path: Path) -> None:
@@ -64,30 +82,58 @@ def test_upload_run_tune_and_switch_class(page: Any, tmp_path: Path) -> None:
     page.locator("#run").click()
     for name in MAPS:
         wait_for_new_map(page, name, None)
-    page.wait_for_function("document.querySelector('#summary').innerText.includes('model confidence')",
-                           timeout=SLOW_MS)
-    summary = page.locator("#summary").inner_text()
-    fused = map_source(page, "fusion")
+    summary = wait_for_summary(page, "disagree")
+    fused = map_version(page, "fusion")
 
     strength = page.locator("#strength input[type=number]")
     strength.fill("4")
     strength.press("Enter")
-    fused = wait_for_new_map(page, "fusion", fused)
-    # The summary may still show Gradio's pending timer ("0.0s") for a moment after the map lands.
-    page.wait_for_function("document.querySelector('#summary').innerText.includes('model confidence')",
-                           timeout=SLOW_MS)
+    fused = wait_for_new_map(page, "fusion", fused)               # repainted in the page
+    summary = wait_for_summary(page, "At λ = 4 ")                  # the server learnt λ once it settled
     assert page.locator("#summary").inner_text().split("\n")[0] == summary.split("\n")[0]
 
     choice = page.locator("#target-class input")
     choice.click()
     choice.fill("282")
     page.get_by_role("option").filter(has_text="tiger cat").first.click()
-    scorecam = map_source(page, "scorecam")
+    scorecam = map_version(page, "scorecam")
     wait_for_new_map(page, "scorecam", scorecam)
     wait_for_new_map(page, "fusion", fused)
-    page.wait_for_function("document.querySelector('#summary').innerText.includes('tiger cat')", timeout=SLOW_MS)
+    wait_for_summary(page, "tiger cat")
     assert page.locator("#strength input[type=number]").input_value() == "4"
 
     shot = tmp_path / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 50_000
+
+
+def test_moves_while_a_new_image_is_explained_never_bring_back_the_old_one(page: Any) -> None:
+    """Image A explained; image B uploaded; θ and λ moved during B's Score-CAM: no map of A is shown
+    meanwhile, and the page ends on B with the moves applied to B."""
+    page.locator("#input-image input[type=file]").set_input_files(str(CAT))
+    page.locator("#run").click()
+    first_line_a = wait_for_summary(page, "disagree").split("\n")[0]
+    wait_for_new_map(page, "fusion", None)
+    generation_a = int(page.evaluate("document.querySelector('#map-fusion .fc-live').dataset.generation"))
+
+    page.locator("#input-image input[type=file]").set_input_files(str(COFFEE))     # B: explained at once
+    wait_for_summary(page, "Score-CAM is now masking")
+    for name in ("scorecam", "combined", "fusion", "agreement"):
+        assert map_version(page, name) is None, f"{name} still shows image A while B is explained"
+    theta = page.locator("#theta input[type=number]")
+    theta.fill("30")
+    theta.press("Enter")
+    page.locator("#strength input[type=range]").evaluate(
+        "(slider) => { for (const v of [2, 3]) { slider.value = v; "
+        "slider.dispatchEvent(new Event('input', {bubbles: true})); } }")
+    for name in ("scorecam", "fusion"):
+        assert map_version(page, name) is None, f"{name} shows image A again after a move during B"
+
+    summary = wait_for_summary(page, "θ = 30 ")
+    wait_for_summary(page, "disagree")
+    page.wait_for_timeout(3000)                                    # let any late answer land
+    summary = page.locator("#summary").inner_text()
+    assert summary.split("\n")[0] != first_line_a and "θ = 30 " in summary
+    card = page.evaluate("({...document.querySelector('#map-fusion .fc-live').dataset})")
+    assert card["state"] == "drawn" and int(card["generation"]) > generation_a
+    assert float(card["strength"]) == 3.0
