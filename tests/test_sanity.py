@@ -255,3 +255,20 @@ def test_the_page_has_the_sanity_tab_with_stable_ids() -> None:
               if component.get("type") == "tabitem"}
     assert "Sanity check" in labels
     assert any(d.get("api_name") == "sanity" for d in config["dependencies"])
+
+
+def test_the_verdicts_say_when_a_map_went_blank() -> None:
+    pytest.importorskip("gradio")
+    from fusioncam.sanity import SanityResult
+    from fusioncam.ui import trust
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    maps = {"gradcam": [ramp[::-1], ramp.T[::-1]], "fusion": [ramp, np.zeros((8, 8), np.float32)],
+            "layercam": [ramp, ramp]}
+    result = SanityResult(model="m", mode="cascading", seed=0, layer="l", target=1, steps=["head", "body"],
+                          original={name: ramp for name in maps}, maps=maps,
+                          spearman={name: [spearman(ramp, v) for v in values] for name, values in maps.items()},
+                          ssim={name: [ssim(ramp, v) for v in values] for name, values in maps.items()}, seconds=1.0)
+    words = trust.sanity_verdicts(result, "cat")
+    assert "Grad-CAM passed**" in words and "Fusion-CAM passed by going blank" in words
+    assert "LayerCAM did not pass" in words and "+1.00" in words

@@ -84,7 +84,11 @@ def sanity_verdicts(result: SanityResult, class_name: str) -> str:
     for name in result.original:
         values = result.spearman[name]
         rho = values[-1] if result.mode == "cascading" else float(np.mean(values))
-        if result.passed(name):
+        blank = result.mode == "cascading" and np.ptp(result.maps[name][-1]) == 0
+        if blank:
+            lines.append(f"- ✅ **{method_label(name)} passed by going blank**: with every weight randomised its map "
+                         "is constant (Spearman 0): the randomised model gives it nothing to show.")
+        elif result.passed(name):
             lines.append(f"- ✅ **{method_label(name)} passed**: its map changed with the weights (Spearman "
                          f"correlation with the original {rho:+.2f} {where}).")
         else:
