@@ -24,9 +24,13 @@ device, the batch shape, dtype, memory layout and precision (autocast). The rule
   graph is traced from a function with a code object of its own (dynamo keeps compiled code on the
   code object it traced), so no global cache holds the copy, the graph or the model, and no model's
   graphs count against another's recompile limit. The thread holds only weak references until it
-  copies the network. The copy (and, with inductor's freezing, the folded weights) snapshots the
-  weights when compilation starts: a network whose weights change in place later needs
-  ``compile=False`` or a fresh load.
+  copies the network.
+- **Never stale.** The copy (and, with inductor's freezing, the folded weights) snapshots the
+  weights when compilation starts. A later change in place, as the tensors' version counters see it
+  (``reset_parameters``, ``nn.init``, ``load_state_dict``, optimiser steps) or a replaced tensor,
+  turns compilation off for that model with one log line instead of serving old weights; writes
+  through ``.data`` bypass the counters. A network meant to change (a sanity check's randomised
+  copy) should be loaded with ``compile=False``.
 - **Never before a fork.** Under Hugging Face ZeroGPU (``SPACES_ZERO_GPU`` set, or the ``spaces``
   package with ``Config.zero_gpu``) every ``@spaces.GPU`` call runs in a short-lived forked worker.
   A fork copies only the thread that forks: a compile thread running at that moment vanishes in the
@@ -69,6 +73,10 @@ _builders: set[threading.Thread] = set()   # running compile threads (they hold 
 
 class _Cancelled(BaseException):
     """Raised inside a compile thread when the interpreter exits."""
+
+
+class WeightsChanged(RuntimeError):
+    """The network's weights changed after its graph was compiled from a copy of them."""
 
 
 def _cancel_builds() -> None:
@@ -132,7 +140,7 @@ class CompiledScorers:
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._ready: dict[ScorerKey, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._ready: dict[ScorerKey, tuple[Callable[[torch.Tensor], torch.Tensor], object]] = {}  # graph, stamp
         self._building: set[ScorerKey] = set()
         self.failure: str | None = None                 # why compilation is off for this model
         self.ready_after_s: dict[ScorerKey, float] = {}  # seconds from first use to a ready graph
@@ -148,7 +156,10 @@ class CompiledScorers:
         layout = torch.channels_last if prefers_channels_last(network) else torch.contiguous_format
         key = ScorerKey(id(network), batch.device, (max(count, pad_to or 0), *batch.shape[1:]), batch.dtype,
                         layout is torch.channels_last, precision)
-        graph = self._ready.get(key) if enabled else None
+        graph, stamp = self._ready.get(key, (None, None)) if enabled else (None, None)
+        if graph is not None and stamp != weights_stamp(network):
+            self._finish(key, None, WeightsChanged("its weights changed in place after compilation"), label, 0.0)
+            graph = None
         if graph is None and enabled and self.failure is None:
             self._start(network, key, label)
         with torch.inference_mode(), autocast(batch.device, precision):
@@ -186,9 +197,10 @@ class CompiledScorers:
         _builders.add(thread)
         thread.start()
 
-    def _finish(self, key: ScorerKey, graph: Callable | None, error: BaseException | None, label: str,
-                seconds: float) -> None:
-        """Record a build's outcome; the first error turns compilation off for this model, with one log line."""
+    def _finish(self, key: ScorerKey, graph: tuple[Callable, object] | None, error: BaseException | None,
+                label: str, seconds: float) -> None:
+        """Record a build's outcome (its graph and weights stamp); the first error turns compilation
+        off for this model, with one log line."""
         with self._lock:
             self._building.discard(key)
             if graph is not None and self.failure is None:
@@ -200,7 +212,7 @@ class CompiledScorers:
                 first_line = next(iter(str(error).strip().splitlines()), "")
                 self.failure = f"{type(error).__name__}: {first_line}"[:300]
                 self._ready.clear()
-                log.warning("torch.compile is unavailable for %s (%s); its scoring passes run eager", label,
+                log.warning("compiled scoring is off for %s (%s); its scoring passes run eager", label,
                             self.failure)
             self._lock.notify_all()
 
@@ -214,9 +226,10 @@ def _build(cache_ref: weakref.ref[CompiledScorers], network_ref: weakref.ref[nn.
             network = network_ref()
             if network is None or cache_ref() is None:
                 return
+            stamp = weights_stamp(network)
             replica = _replica(network)
             del network
-            graph = _compile(replica, key)
+            graph = _compile(replica, key), stamp
     except Exception as exc:  # no C++ compiler, untraceable model, …: eager, with one log line
         error = exc
     except _Cancelled:         # the interpreter is exiting
@@ -226,6 +239,16 @@ def _build(cache_ref: weakref.ref[CompiledScorers], network_ref: weakref.ref[nn.
         cache = cache_ref()
         if cache is not None:
             cache._finish(key, graph, error, label, time.perf_counter() - started)
+
+
+def weights_stamp(network: nn.Module) -> tuple[int, int] | None:
+    """Changes when a parameter or buffer is modified in place (the sum of version counters) or
+    replaced (its storage); ``None`` where untracked (inference tensors keep no version counter)."""
+    try:
+        tensors = [*network.parameters(), *network.buffers()]
+        return sum(t._version for t in tensors), hash(tuple(t.data_ptr() for t in tensors))
+    except RuntimeError:
+        return None
 
 
 def _replica(network: nn.Module) -> nn.Module:

@@ -120,6 +120,13 @@ def test_compiled_maps_equal_eager_and_one_graph_serves_every_image(compiling: N
     for _scores, cam in answers:
         assert (cam - expected[0][1]).abs().max().item() <= 1e-4
 
+    # Weights changed in place after the copy was compiled: eager from then on, never the old weights.
+    with torch.no_grad():
+        model.module.fc.weight.mul_(-1)
+        eager.module.fc.weight.mul_(-1)
+    torch.testing.assert_close(_region(model, evidences)[1], _region(eager, evidences)[1], rtol=0, atol=1e-6)
+    assert "weights changed" in model.scorers.failure and not model.scorers.ready
+
     # Dropped with the model: neither the network nor its traced copy outlives it.
     model = None
     answers.clear()
