@@ -156,12 +156,11 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
             evidence, maps, report = compute.refuse(spec, session.evidence, params)
             yield _finished(session.with_fusion(evidence, params, maps, report).with_style(colormap, opacity))
             return
-        generation = GENERATIONS.begin(key)
         progress(0.02, desc="Grad-CAM: one pass through the network…")
         evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
-    if not GENERATIONS.is_current(key, generation):
-        yield _unchanged()            # superseded: a generator that yields nothing would clear the page
-        return
+        # Only a request that got this far replaces the current explanation: one refused before
+        # (a bad file, layer or class) leaves the page and its explanation as they were.
+        generation = GENERATIONS.begin(key)
     display = display_image(evidence.image)
     top5 = evidence.top_predictions(model.class_names)
     preview = gradient_preview(evidence, params.theta, params.gradient_method)
