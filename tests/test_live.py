@@ -109,6 +109,18 @@ def test_colour_maps() -> None:
         colour_table("rainbow")
 
 
+def test_weights_chart_leaves_room_for_every_bar_and_label() -> None:
+    from fusioncam.ui.figures import value_range, weights_figure
+
+    report = {"betas": {"denoised": 0.95, "region": -0.31, "combined": 0.4, "denoised_hat": 1.2, "region_hat": -0.2},
+              "gammas": {"combined": 1.07, "region": -0.07}}
+    low, high = weights_figure(report).layout.yaxis.range
+    assert low <= -0.31 - 0.2 * (1.2 + 0.31) + 1e-9 and high >= 1.2 + 0.2 * (1.2 + 0.31) - 1e-9
+    assert value_range([0.2, 0.6]) == pytest.approx([0.0, 0.72])
+    assert value_range([-0.5, -0.1]) == pytest.approx([-0.6, 0.0])
+    assert value_range([0.0]) == pytest.approx([0.0, 0.2])
+
+
 def photo(payload: dict[str, Any]) -> Image.Image:
     """The photo a payload carries, decoded."""
     return Image.open(io.BytesIO(base64.b64decode(payload["image"].split(",", 1)[1]))).convert("RGB")
@@ -157,16 +169,22 @@ class Page:
                                                            elem_id=f"map-{name}", buttons=["download", "fullscreen"])
                     weights = gr.Plot(label="Contribution weights (β, γ)", elem_id="weights-plot")
 
-            def send(text: str, colormap_name: str, alpha: float) -> tuple:
+            def send(text: str, colormap_name: str, alpha: float) -> Iterator[tuple]:
+                """A generator, as the app's explain handler: with ``"stream": true`` it yields the blank
+                payload of the generation first, then the maps (Gradio sends the second as a diff)."""
                 self.pushes += 1
                 request = json.loads(text)
                 if request is None or "blank" in request:
                     value = None if request is None else blank_payload(request["blank"])
-                    return (*(None for _ in MAP_NAMES[:4]), value, value, None, f"pushed {self.pushes}")
+                    yield (*(None for _ in MAP_NAMES[:4]), value, value, None, f"pushed {self.pushes}")
+                    return
+                if request.get("stream"):
+                    blank = blank_payload(request["generation"])
+                    yield (*(None for _ in MAP_NAMES[:4]), blank, blank, None, f"pushed {self.pushes} (blank)")
                 current = self.explanation.refuse(theta=request.get("theta"))
                 pictures = overlays(self.display, current.maps, colormap_name, alpha, MAP_NAMES[:4])
                 payload = live_payload(current, request["generation"], self.display, colormap_name, alpha)
-                return (*pictures, payload, payload, weights_figure(current.report), f"pushed {self.pushes}")
+                yield (*pictures, payload, payload, weights_figure(current.report), f"pushed {self.pushes}")
 
             def commit(event: gr.EventData) -> str:
                 self.commits.append(dict(event._data))
@@ -233,7 +251,7 @@ def push(tab: Any, page: Page, spec: Any) -> None:
     expected = f"pushed {page.pushes + 1}"
     tab.locator("#push-spec textarea").fill(json.dumps(spec))
     tab.locator("#push").click()
-    tab.wait_for_function("text => document.querySelector('#pushed').innerText.includes(text)", arg=expected,
+    tab.wait_for_function("text => document.querySelector('#pushed').innerText.trim() === text", arg=expected,
                           timeout=WAIT_MS)
     time.sleep(0.2)
 
@@ -293,6 +311,23 @@ def test_page_fusion_equals_the_library(live_page: tuple[Any, Page, list[str]]) 
             assert drawn.shape == library.shape
             difference = np.abs(drawn - library.astype(np.int16))
             assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8, (kind, strength)
+
+
+@pytest.mark.browser
+@browser
+def test_each_map_card_fits_its_picture(live_page: tuple[Any, Page, list[str]]) -> None:
+    tab, page, _ = live_page
+    show(tab, page, {"generation": 1})
+    tab.wait_for_selector("#map-combined img")
+    aspect = page.display.width / page.display.height
+    for selector in ("#map-gradcam img", "#map-combined img", "#map-fusion .fc-canvas", "#map-agreement .fc-canvas"):
+        picture = tab.locator(selector).bounding_box()
+        card = tab.locator(selector.split()[0]).bounding_box()
+        assert picture["width"] / picture["height"] == pytest.approx(aspect, rel=0.03), selector
+        assert picture["width"] >= card["width"] - 40, selector           # it fills the card's width
+    for name in ("gradcam", "combined"):                                   # and the card is no taller than it
+        picture, card = tab.locator(f"#map-{name} img").bounding_box(), tab.locator(f"#map-{name}").bounding_box()
+        assert card["height"] - picture["height"] < 45, name
 
 
 @pytest.mark.browser
@@ -363,6 +398,6 @@ def test_an_older_generation_never_overwrites_a_newer_picture(live_page: tuple[A
         assert tab.evaluate(f"{card(kind)}.querySelector('.fc-canvas').width") == 0
     push(tab, page, {"generation": 10})                                  # ... so the previous one stays away
     assert dataset(tab, "fusion")["state"] == "empty"
-    show(tab, page, {"generation": 11})
+    show(tab, page, {"generation": 11, "stream": True})                  # blank, then the maps, as the app does
     push(tab, page, None)                                                # None empties the cards
     assert dataset(tab, "fusion")["state"] == "empty" and dataset(tab, "agreement")["state"] == "empty"

@@ -72,6 +72,7 @@ CARD_CSS = """
 #: needs (a wide picture no longer sits in a tall, mostly empty box).
 MAP_GRID_CSS = """
 :is(#map-gradcam, #map-denoised, #map-scorecam, #map-combined) .image-container { padding-top: 30px; }
+:is(#map-gradcam, #map-denoised, #map-scorecam, #map-combined) .image-frame { width: 100%; height: auto; }
 :is(#map-gradcam, #map-denoised, #map-scorecam, #map-combined) .image-frame img {
   width: 100%; height: auto; object-fit: contain; }
 :is(#map-fusion, #map-agreement) { min-width: min(160px, 100%) !important; }
