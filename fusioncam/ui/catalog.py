@@ -139,9 +139,10 @@ def parse_model(value: str | None) -> str:
 
 
 def layer_choices(model: LoadedModel) -> list[tuple[str, str]]:
-    """The model's default layer first, then every candidate layer, deepest first."""
+    """The model's default layer first, then the useful candidate layers, deepest first (a ViT-B
+    has about 190 layers with a map; the picker lists its blocks)."""
     return [(f"Model default ({model.default_layer})", DEFAULT_LAYER),
-            *((name, name) for name in reversed(model.candidate_layers()))]
+            *((name, name) for name in reversed(model.candidate_layers(useful=True)))]
 
 
 def class_choices(class_names: list[str], top5: list[dict]) -> list[tuple[str, str]]:
