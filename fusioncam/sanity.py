@@ -48,7 +48,7 @@ REGION_METHODS = ("scorecam", "fusion")                      # the methods that 
 METHODS = (*GRADIENT_METHODS, *REGION_METHODS)
 MIN_STEPS = 8          # containers are opened (largest first) until there are at least this many steps
 NORMAL_STD = 0.02      # the init of a parameter whose module has no reset_parameters()
-PASS_BELOW = 0.5       # a map "fell" when its Spearman ρ with the original ends below this
+PASS_BELOW = 0.5       # a map "fell" when its Spearman ρ with the original ends below this (SanityResult.passed)
 SSIM_WINDOW, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 11, 1.5, 0.01 ** 2, 0.03 ** 2
 
 #: A map from stage-1 evidence alone (an extension point: tests add a map that ignores the model).
@@ -206,11 +206,22 @@ class SanityResult:
                 "model": self.model, "mode": self.mode, "seed": self.seed, "layer": self.layer,
                 "target": self.target, "seconds": round(self.seconds, 3)}
 
+    def judged_step(self, name: str) -> int:
+        """The step (1-based) at which a cascading check judges ``name``: the last one whose map is
+        not constant. A map that turns blank (ρ = 0 by definition) only once the randomised model
+        no longer responds to the image is judged where it last showed something; 0 when it is
+        blank from step 1 on."""
+        shown = [i for i, m in enumerate(self.maps[name], start=1) if np.ptp(m) > 0]
+        return shown[-1] if shown else 0
+
     def passed(self, name: str, threshold: float = PASS_BELOW) -> bool:
-        """Whether ``name``'s map fell: Spearman ρ below ``threshold`` after the last step
-        (cascading: every parameter randomised), or on average over the steps (independent)."""
+        """Whether ``name``'s map fell: Spearman ρ below ``threshold`` at :meth:`judged_step`
+        (cascading; a map blank from step 1 on fell at once), or on average over the steps (independent)."""
         values = self.spearman[name]
-        return (values[-1] if self.mode == "cascading" else float(np.mean(values))) < threshold
+        if self.mode == "independent":
+            return float(np.mean(values)) < threshold
+        step = self.judged_step(name)
+        return step == 0 or values[step - 1] < threshold
 
 
 def stage_maps(model: LoadedModel, image: Image.Image, target: int | None, layer: str | None, baseline: str,

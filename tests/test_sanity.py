@@ -257,7 +257,7 @@ def test_the_page_has_the_sanity_tab_with_stable_ids() -> None:
     assert any(d.get("api_name") == "sanity" for d in config["dependencies"])
 
 
-def test_the_verdicts_say_when_a_map_went_blank() -> None:
+def test_a_map_that_goes_blank_is_judged_where_it_last_showed_something() -> None:
     pytest.importorskip("gradio")
     from fusioncam.sanity import SanityResult
     from fusioncam.ui import trust
@@ -270,5 +270,8 @@ def test_the_verdicts_say_when_a_map_went_blank() -> None:
                           spearman={name: [spearman(ramp, v) for v in values] for name, values in maps.items()},
                           ssim={name: [ssim(ramp, v) for v in values] for name, values in maps.items()}, seconds=1.0)
     words = trust.sanity_verdicts(result, "cat")
-    assert "Grad-CAM passed**" in words and "Fusion-CAM passed by going blank" in words
-    assert "LayerCAM did not pass" in words and "+1.00" in words
+    assert "Grad-CAM passed**" in words and "LayerCAM did not pass" in words and "+1.00" in words
+    # Fusion-CAM went blank at the last step: judged at step 1, where it still equalled the original.
+    assert result.judged_step("fusion") == 1 and not result.passed("fusion")
+    assert "Fusion-CAM did not pass" in words and "From step 2 on its map is blank" in words
+    assert result.judged_step("gradcam") == 2 and result.passed("gradcam")

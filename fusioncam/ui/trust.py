@@ -82,18 +82,22 @@ def sanity_verdicts(result: SanityResult, class_name: str) -> str:
     lines = [f"**Sanity check** of **{class_name}** (class {result.target}) at layer `{result.layer}`: {result.mode} "
              f"randomisation in {len(result.steps)} steps ({result.steps[0]} first), {result.seconds:.1f} s."]
     for name in result.original:
-        values = result.spearman[name]
-        rho = values[-1] if result.mode == "cascading" else float(np.mean(values))
-        blank = result.mode == "cascading" and np.ptp(result.maps[name][-1]) == 0
-        if blank:
-            lines.append(f"- ✅ **{method_label(name)} passed by going blank**: with every weight randomised its map "
-                         "is constant (Spearman 0): the randomised model gives it nothing to show.")
+        values, label = result.spearman[name], method_label(name)
+        step = result.judged_step(name) if result.mode == "cascading" else len(values)
+        blank_after = result.mode == "cascading" and step < len(values)
+        rho = float(np.mean(values)) if result.mode == "independent" else values[step - 1] if step else 0.0
+        at = where if not blank_after else f"at step {step}, the last at which it showed anything"
+        if blank_after and step == 0:
+            lines.append(f"- ✅ **{label} passed**: its map went blank as soon as the head was randomised.")
         elif result.passed(name):
-            lines.append(f"- ✅ **{method_label(name)} passed**: its map changed with the weights (Spearman "
-                         f"correlation with the original {rho:+.2f} {where}).")
+            lines.append(f"- ✅ **{label} passed**: its map changed with the weights (Spearman correlation with "
+                         f"the original {rho:+.2f} {at}).")
         else:
-            lines.append(f"- ❌ **{method_label(name)} did not pass**: its map stayed close to the original "
-                         f"(Spearman {rho:+.2f} {where}), so it shows the image more than what this model learnt.")
+            lines.append(f"- ❌ **{label} did not pass**: its map stayed close to the original (Spearman "
+                         f"{rho:+.2f} {at}), so it shows the image more than what this model learnt.")
+        if blank_after and step:
+            lines.append(f"  From step {step + 1} on its map is blank (constant), which this check cannot read "
+                         "either way: typically the randomised model no longer responds to the image.")
     lines.append(f"A map passes when its Spearman correlation falls below {PASS_BELOW:g}. This is one image and "
                  "one seed: the correlation left after randomisation scatters from image to image, so judge a "
                  "method over several images (`python -m fusioncam sanity`).")
