@@ -51,8 +51,8 @@ S = 0.9, **deep purple** where they disagree strongly. The card and the summary 
 image below 0.9. Where the views agree, Fusion-CAM keeps their stronger value; where they disagree it
 moves towards their average, so a large pink area means the fused map there is a compromise: look at
 maps ③ and ④ to see which view puts the importance where. Each view is first scaled by its weight γ
-(the chart), so where both views are strong, unequal γ's alone make them disagree. At λ = 0 the map is pale everywhere (the
-fusion then just keeps the maximum). Moving λ, the colour map or the opacity redraws these maps in
+(the chart), so where both views are strong, unequal γ's alone make them disagree. At λ = 0 the map is
+pale everywhere (the fusion then just keeps the maximum). Moving λ, the colour map or the opacity redraws these maps in
 your browser at once; the server learns the new λ a quarter of a second after you stop.
 """
 
