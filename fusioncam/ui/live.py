@@ -35,7 +35,7 @@ TEMPLATE = """
 <div class="fc-live" data-kind="{kind}" data-state="empty">
   <div class="fc-label">{label}</div>
   <div class="fc-frame">
-    <canvas class="fc-canvas" width="0" height="0" hidden></canvas>
+    <canvas class="fc-canvas" width="0" height="0" role="img" aria-label="{label} over the image" hidden></canvas>
     <div class="fc-empty">{empty}</div>
   </div>
   <div class="fc-legend" aria-hidden="true">
