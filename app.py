@@ -91,7 +91,7 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
         with gr.Column(scale=8):
             ui["summary"] = gr.Markdown(text.WAITING, elem_id="summary")
             for row in (MAP_NAMES[:3], MAP_NAMES[3:]):
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=False):   # each card as tall as its picture (MAP_GRID_CSS)
                     for name in row:
                         ui[f"map-{name}"] = (live_map(name, MAP_CAPTIONS[name]) if name in handlers.LIVE_MAPS else
                                              gr.Image(label=MAP_CAPTIONS[name], format="png", interactive=False,
@@ -101,6 +101,7 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                 ui["weights-plot"] = gr.Plot(label="Contribution weights (β, γ)", elem_id="weights-plot")
             with gr.Accordion("How to read this", open=True):
                 gr.Markdown(text.HOW_TO_READ)
+                gr.Markdown(text.HOW_TO_READ_AGREEMENT)
             ui["hover"] = gr.Plot(label="Hover over the image (as the model sees it): every map's value there",
                                   elem_id="hover")
             ui["export"] = gr.Button("Prepare a download: every map (.npy), the overlays (.png) and the report",

@@ -37,7 +37,7 @@ from . import __version__
 from .explain import MAP_NAMES, Explanation
 from .methods import MAP_DESCRIPTIONS, METHOD_NAMES, map_titles
 from .metrics import MapScores
-from .render import overlay, save_png
+from .render import agreement_overlay, overlay, save_png
 
 PANEL_SIZE = (1920, 1080)     # a 16:9 slide, in pixels
 FONT = cv2.FONT_HERSHEY_DUPLEX  # the panel's captions
@@ -98,7 +98,7 @@ def write_explanation(explanation: Explanation, out_dir: Path, colormap: str = "
     try:
         for name in MAP_NAMES:
             np.save(staging / f"{name}.npy", explanation.maps[name])
-            picture = overlay(explanation.image, explanation.maps[name], colormap, opacity)
+            picture = map_overlay(explanation.image, name, explanation.maps[name], colormap, opacity)
             save_png(picture, str(staging / f"{name}.png"))
         (staging / "report.json").write_text(json.dumps(report_record(explanation, faithfulness), indent=2))
         if html_report:
@@ -115,12 +115,21 @@ def write_explanation(explanation: Explanation, out_dir: Path, colormap: str = "
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def map_overlay(image: Image.Image, name: str, values: np.ndarray, colormap: str, opacity: float) -> np.ndarray:
+    """A map drawn over the image as the page draws it: the agreement map ``S`` on its own fixed
+    0–1 scale and colours (:func:`~fusioncam.render.agreement_overlay`), every saliency map in
+    ``colormap``."""
+    if name == "agreement":
+        return agreement_overlay(image, values, opacity)
+    return overlay(image, values, colormap, opacity)
+
+
 def _pictures(explanation: Explanation, colormap: str, opacity: float, side: int) -> dict[str, np.ndarray]:
     """The image (key ``image``) and each map's overlay, at most ``side`` pixels on the longer side."""
     photo = explanation.image.convert("RGB")
     photo.thumbnail((side, side), Image.Resampling.LANCZOS)
     pictures = {"image": np.asarray(photo)}
-    pictures.update({name: overlay(photo, explanation.maps[name], colormap, opacity) for name in MAP_NAMES})
+    pictures.update({name: map_overlay(photo, name, explanation.maps[name], colormap, opacity) for name in MAP_NAMES})
     return pictures
 
 
