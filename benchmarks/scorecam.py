@@ -94,6 +94,22 @@ def peak_throughput(model: LoadedModel, device: torch.device, batches: list[int]
     return table
 
 
+def paired_speedup(model: LoadedModel, device: torch.device, batch: int, pairs: int = 30) -> list[float]:
+    """Eager over compiled time of one scoring forward at ``batch``, measured in alternating pairs so
+    that a changing load on a shared machine hits both alike: one ratio per pair."""
+    layout = torch.channels_last if prefers_channels_last(model) else torch.contiguous_format
+    with torch.inference_mode():
+        x = torch.randn((batch, 3, *model.input_size), device=device).contiguous(memory_format=layout)
+    ratios = []
+    for _ in range(pairs):
+        with compiled_scoring(model, False):
+            eager, _ = timed(lambda: model.score(x, batch), device)
+        with compiled_scoring(model, True):
+            compiled, _ = timed(lambda: model.score(x, batch), device)
+        ratios.append(eager / compiled)
+    return ratios
+
+
 @contextlib.contextmanager
 def compiled_scoring(model: LoadedModel, on: bool = True) -> Iterator[None]:
     """Score through the compiled graphs (``on``) or eagerly inside the block."""
@@ -207,10 +223,11 @@ def run(args: argparse.Namespace) -> None:
     print("  measuring peak throughput…", flush=True)
     compiled_batches = sorted({chunk, *args.compiled_batches}) if args.compile else []
     table = peak_throughput(model, device, args.batches, compiled_batches)
+    paired = {b: paired_speedup(model, device, b) for b in compiled_batches}
     built = len(model.scorers.ready)
     new_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
     report(args, model, layer_name, device, chunk, rows, table, refusion, fidelity, compile_s,
-           new_graphs - (built - len(compile_s)))
+           new_graphs - (built - len(compile_s)), paired)
 
 
 def record_fidelity(model: LoadedModel, e: GradientEvidence, exact: np.ndarray, approximations: dict[str, np.ndarray],
@@ -249,7 +266,7 @@ def time_refusion(model: LoadedModel, ex: Explanation, refusion: dict[str, list[
 def report(args: argparse.Namespace, model: LoadedModel, layer: str, device: torch.device, chunk: int,
            rows: dict[str, dict[str, list[float]]], table: dict[str, dict[int, float]],
            refusion: dict[str, list[float]], fidelity: dict[str, dict[str, list[float]]],
-           compile_s: dict[str, float], recompiles: int) -> None:
+           compile_s: dict[str, float], recompiles: int, paired: dict[int, list[float]]) -> None:
     """The markdown tables."""
     median, mean = statistics.median, statistics.fmean
     ours = median(rows[EXACT]["s"])
@@ -282,6 +299,10 @@ def report(args: argparse.Namespace, model: LoadedModel, layer: str, device: tor
         print("Compiled scoring network ready after first use (cold inductor cache unless --warm-cache): "
               + ", ".join(f"{p} {s:.1f} s" for p, s in compile_s.items())
               + f"; graphs compiled outside those builds (recompilations): {recompiles}.")
+    for b, ratios in paired.items():
+        q1, q2, q3 = statistics.quantiles(ratios, n=4)
+        print(f"Compiled forward speed-up at batch {b} (eager / compiled time of the same batch, {len(ratios)} "
+              f"alternating pairs): median {q2:.2f}×, quartiles {q1:.2f}–{q3:.2f}×.")
     batches = sorted({b for per in table.values() for b in per})
     print("\n| images/s | " + " | ".join(f"batch {b}" for b in batches) + " |")
     print("|---|" + "---:|" * len(batches))
