@@ -106,6 +106,8 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                                   elem_id="hover")
             ui["export"] = gr.Button("Prepare a download: every map (.npy), the overlays (.png) and the report",
                                      elem_id="export")
+            ui["export-html"] = gr.Button("Prepare a report to keep: one HTML file (opens offline, prints on A4)",
+                                          elem_id="export-html")
             ui["download"] = gr.File(label="Download (.zip)", elem_id="download", interactive=False, visible=False)
             with gr.Accordion("Report (JSON)", open=False):
                 ui["report"] = gr.JSON(label="Report", elem_id="report")
@@ -144,6 +146,8 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
                             show_progress="hidden")
     ui["export"].click(handlers.reveal, None, ui["download"], api_visibility="private", queue=False)
     ui["export"].click(handlers.export, ui["session"], ui["download"], api_name="export")
+    ui["export-html"].click(handlers.reveal, None, ui["download"], api_visibility="private", queue=False)
+    ui["export-html"].click(handlers.export_report, ui["session"], ui["download"], api_name="report")
 
 
 def faithfulness_tab(session: gr.State) -> None:

@@ -113,6 +113,14 @@ def test_export_zip_holds_maps_overlays_and_report(client: Any, explained: dict[
 
 
 @pytest.mark.slow
+def test_report_download_is_one_self_contained_html_file(client: Any, explained: dict[str, Any]) -> None:
+    page = Path(client.predict(api_name="/report")).read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") or page.lower().startswith("<!doctype html>")
+    assert explained["report"]["class_name"] in page and page.count("data:image/") >= 7
+    assert "<script src=" not in page and "http://" not in page.split("</style>")[0]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("make", "message"), [
     (lambda d: None, "upload an image"),
     (lambda d: d.joinpath("notes.png").write_text("not an image") and d / "notes.png", "not an image format"),

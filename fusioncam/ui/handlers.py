@@ -43,7 +43,7 @@ from .catalog import (
     parse_model,
     parse_target,
 )
-from .export import export_zip
+from .export import export_html, export_zip
 from .faithfulness import HEADERS
 from .session import KEPT_SIDE, Generations, Request, Session, display_image, file_digest
 
@@ -293,8 +293,9 @@ def reveal() -> dict[str, Any]:
     return gr.update(visible=True)
 
 
-def export(session: Session | None) -> str:
-    """The path of a zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
+def _download(session: Session | None, write: Callable[..., Path]) -> str:
+    """The path of a file ``write(explanation, folder, colormap, opacity)`` makes of the session's
+    current explanation, in the export folder (files older than an hour are dropped first)."""
     if session is None:
         raise gr.Error("Explain an image first; then the download holds its maps and report.")
     with user_errors("Cannot prepare the download"):
@@ -303,7 +304,18 @@ def export(session: Session | None) -> str:
             if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
                 shutil.rmtree(old, ignore_errors=True)
         explanation = session.explanation(MODELS.get(session.request.model))
-        return str(export_zip(explanation, EXPORT_DIR, session.colormap, session.opacity))
+        return str(write(explanation, EXPORT_DIR, session.colormap, session.opacity))
+
+
+def export(session: Session | None) -> str:
+    """The path of a zip of the current explanation (maps as ``.npy`` and PNG overlays, ``report.json``)."""
+    return _download(session, export_zip)
+
+
+def export_report(session: Session | None) -> str:
+    """The path of the one-file HTML report of the current explanation: pictures inline, opens
+    offline, prints on A4 landscape — the page's explanation to keep and forward."""
+    return _download(session, export_html)
 
 
 def faithfulness(session: Session | None, steps: float, extra_methods: Sequence[str] | None,
