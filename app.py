@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from fusioncam.allocator import tune_host_allocator
 from fusioncam.baselines import BASELINES
 from fusioncam.explain import DEFAULT_TOP_K, MAP_NAMES, REGION_METHODS
 from fusioncam.fusion import WEIGHT_MODES
@@ -200,6 +201,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
+    tune_host_allocator()
     warm_up_in_background()
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), theme=gr.themes.Soft(), css=CSS,
                 **LAUNCH_OPTIONS)

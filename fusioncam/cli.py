@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import evaluate
+from .allocator import tune_host_allocator
 from .backend import DEVICES
 from .baselines import BASELINES
 from .capture import CaptureError
@@ -163,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    tune_host_allocator()
     try:
         return handler(args)
     except USER_ERRORS as error:
