@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import correlation, grad_cam_scorecam, peak_memory, per_channel_loop, timed
 
 from fusioncam import Explanation, explain, load_model
+from fusioncam.allocator import tune_host_allocator
 from fusioncam.backend import auto_chunk_size, prefers_channels_last
 from fusioncam.explain import GradientEvidence, RegionEvidence, capture_evidence, score_regions
 from fusioncam.images import load_image
@@ -291,7 +292,8 @@ def report(args: argparse.Namespace, model: LoadedModel, layer: str, device: tor
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\n## {model.name}, layer `{layer}`, {args.images} images, {device_name(device)}")
     print(f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads · chunk {chunk}"
-          f" · weights {'pretrained' if args.pretrained else 'random'} · load average at end {load}\n")
+          f" · weights {'pretrained' if args.pretrained else 'random'} · malloc {args.allocator}"
+          f" · load average at end {load}\n")
     print("| method | median s | × ours (eager) | × lower bound | masked passes | peak memory MB "
           "| min corr. with ours | max \\|Δ map\\| |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -373,7 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse inductor's on-disk cache (default: a fresh one: compile times of a first use)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--tuned-allocator", action="store_true",
+                        help="tune malloc first, as python app.py and the CLI do (fusioncam/allocator.py)")
     args = parser.parse_args(argv)
+    args.allocator = "tuned" if args.tuned_allocator and tune_host_allocator() else "C library default"
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile and not args.warm_cache:
