@@ -9,7 +9,9 @@ once per layer, so each pass maps, faults in and unmaps them again: how slow a f
 depends on what the process happened to free before. Measured here (bundled EfficientNet-Lite0,
 batch 4, 2 cores, eager, median of 40): 64–74 ms per forward in a fresh process, 46–53 ms after
 ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``, at the same maximum
-resident set (866 against 875 MB); ``benchmarks/allocator.py`` measures it side by side.
+resident set (866 against 875 MB); ``benchmarks/allocator.py`` measures it side by side. The price:
+memory freed below 1 GiB stays with the process (each thread's arena keeps what its busiest moment
+needed) instead of going back to the system, so a server's resident set stays at its peak.
 
 This is process-wide, so the library never does it on import: ``python app.py`` and the command
 line call :func:`tune_host_allocator` when they start; a library user may call it too.
