@@ -108,3 +108,39 @@ def test_sessions_have_their_own_generations(page: dict[str, Any]) -> None:
     _run(page["b"], None, second)
     refined = _refine(session_first, first, theta=20, strength=1.0)
     assert refined[0].report["denoise"]["theta"] == 20
+
+
+def test_a_click_while_the_upload_explains_the_same_image_does_not_run_it_twice(page: dict[str, Any]) -> None:
+    """The upload explains by itself; a click on Explain before it finished (the session still
+    empty) used to start a second Score-CAM that blanked the first one's maps when it began."""
+    request = page["request"]
+    by_upload = _explain(page["a"], None, request)
+    preview = next(by_upload)                               # A's Score-CAM is next
+    by_click = list(_explain(page["a"], None, request))
+    assert len(by_click) == 1 and _skipped(by_click[0])     # nothing run, nothing blanked
+    *_, finished = by_upload
+    session_a = finished[0]
+    assert handlers.GENERATIONS.is_current("visitor-1", session_a.generation)
+    assert preview[7]["generation"] == session_a.generation
+
+
+def test_a_different_click_or_a_later_one_still_explains(page: dict[str, Any]) -> None:
+    request = page["request"]
+    by_upload = _explain(page["a"], None, request)
+    next(by_upload)
+    with_new_theta = _explain(page["a"], None, request, theta=30)      # settings changed meanwhile: run it
+    assert not _skipped(next(with_new_theta))
+    again = _explain(page["a"], None, request)                          # the first A is no longer the newest
+    assert not _skipped(next(again))
+    for generator in (by_upload, with_new_theta, again):
+        list(generator)
+    session = _run(page["a"], None, request)                            # nothing running: a click runs
+    assert handlers.GENERATIONS.is_current("visitor-1", session.generation)
+
+
+def test_a_dropped_explanation_gives_its_claim_back(page: dict[str, Any]) -> None:
+    request = page["request"]
+    by_upload = _explain(page["a"], None, request)
+    next(by_upload)
+    by_upload.close()                                       # the visitor left, or Gradio cancelled it
+    assert not _skipped(next(_explain(page["a"], None, request)))

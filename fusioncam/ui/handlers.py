@@ -26,11 +26,13 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from fusioncam.capture import CaptureError
 from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
 from fusioncam.images import load_image
 from fusioncam.live import blank_payload, disagreement_share, live_payload
+from fusioncam.models import LoadedModel
 
 from . import compute, figures, text
 from .catalog import (
@@ -156,8 +158,24 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
             evidence, maps, report = compute.refuse(spec, session.evidence, params)
             yield _finished(session.with_fusion(evidence, params, maps, report).with_style(colormap, opacity))
             return
+    token = GENERATIONS.claim(key, (wanted, params, colormap, opacity))
+    if token is None:          # this page is explaining exactly this already: its result is on the way
+        yield _unchanged()
+        return
+    try:
+        yield from _explain_anew(key, wanted, picture, model, params, colormap, opacity, progress)
+    finally:
+        GENERATIONS.release(key, token)
+
+
+def _explain_anew(key: str, wanted: Request, picture: Image.Image, model: LoadedModel, params: FusionParams,
+                  colormap: str, opacity: float, progress: gr.Progress) -> Iterator[tuple]:
+    """The network stages of :func:`explain` for ``wanted``: the gradient maps, then Score-CAM and
+    the rest, under a new generation of session ``key`` once the gradient pass has succeeded."""
+    spec, target_index, layer_name = wanted.model, wanted.target, wanted.layer
+    with user_errors():
         progress(0.02, desc="Grad-CAM: one pass through the network…")
-        evidence = compute.gather_gradients(spec, picture, target_index, layer_name, baseline)
+        evidence = compute.gather_gradients(spec, picture, target_index, layer_name, wanted.baseline)
         # Only a request that got this far replaces the current explanation: one refused before
         # (a bad file, layer or class) leaves the page and its explanation as they were.
         generation = GENERATIONS.begin(key)
@@ -174,7 +192,7 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
     try:
         with user_errors():
             kept = replace(evidence, image=display_image(evidence.image, KEPT_SIDE))  # a bounded copy
-            regions, maps, report = compute.gather_regions(spec, kept, region_method, topk, params)
+            regions, maps, report = compute.gather_regions(spec, kept, wanted.region_method, wanted.top_k, params)
     except gr.Error as error:
         if GENERATIONS.is_current(key, generation):
             yield _failed(str(error), generation)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,17 @@ class Generations:
     A ``gr.State`` value is the snapshot taken when an event fired, so the counter lives here,
     keyed by Gradio's session hash, for at most ``capacity`` sessions (the least recently
     advanced are forgotten first; a forgotten session simply starts again at a new number).
+
+    It also knows which explanation each session is running (:meth:`claim`, :meth:`release`):
+    an upload starts one by itself, and a click on Explain a moment later, while the session's
+    ``gr.State`` is still empty, would otherwise run the same Score-CAM a second time and blank
+    the first one's maps when it begins.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._current: OrderedDict[str, int] = OrderedDict()
+        self._running: dict[str, tuple[Hashable, object]] = {}   # session → (its newest request, token)
         self._next = 0
         self._lock = threading.Lock()
 
@@ -92,6 +99,25 @@ class Generations:
         """Whether ``generation`` is still ``session``'s newest explanation."""
         with self._lock:
             return self._current.get(session) == generation
+
+    def claim(self, session: str, request: Hashable) -> object | None:
+        """A token for explaining ``request`` on ``session``, now the newest explanation it runs;
+        ``None`` when that newest one is already this same ``request`` (its result will be
+        shown, so a second run would only repeat it)."""
+        with self._lock:
+            running = self._running.get(session)
+            if running is not None and running[0] == request:
+                return None
+            token = object()
+            self._running[session] = (request, token)
+            return token
+
+    def release(self, session: str, token: object) -> None:
+        """The explanation that got ``token`` has ended (finished, failed or dropped)."""
+        with self._lock:
+            running = self._running.get(session)
+            if running is not None and running[1] is token:
+                del self._running[session]
 
 
 def file_digest(path: str | Path) -> str:
