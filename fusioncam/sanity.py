@@ -207,21 +207,29 @@ class SanityResult:
                 "target": self.target, "seconds": round(self.seconds, 3)}
 
     def judged_step(self, name: str) -> int:
-        """The step (1-based) at which a cascading check judges ``name``: the last one whose map is
-        not constant. A map that turns blank (ρ = 0 by definition) only once the randomised model
-        no longer responds to the image is judged where it last showed something; 0 when it is
-        blank from step 1 on."""
+        """The step (1-based) at which the check judges ``name``. Independent: the last (it is
+        judged over all of them). Cascading: the last step whose map is not constant: a map that
+        turns blank (ρ = 0 by definition) only once the randomised model no longer responds to the
+        image is judged where it last showed something; 0 when it is blank from step 1 on."""
+        if self.mode == "independent":
+            return len(self.steps)
         shown = [i for i, m in enumerate(self.maps[name], start=1) if np.ptp(m) > 0]
         return shown[-1] if shown else 0
 
-    def passed(self, name: str, threshold: float = PASS_BELOW) -> bool:
-        """Whether ``name``'s map fell: Spearman ρ below ``threshold`` at :meth:`judged_step`
-        (cascading; a map blank from step 1 on fell at once), or on average over the steps (independent)."""
+    def judged_rho(self, name: str) -> float | None:
+        """The Spearman ρ the verdict on ``name`` reads: its mean over the steps (independent), or
+        its value at :meth:`judged_step` (cascading); ``None`` for a map blank from step 1 on."""
         values = self.spearman[name]
         if self.mode == "independent":
-            return float(np.mean(values)) < threshold
+            return float(np.mean(values))
         step = self.judged_step(name)
-        return step == 0 or values[step - 1] < threshold
+        return values[step - 1] if step else None
+
+    def passed(self, name: str, threshold: float = PASS_BELOW) -> bool:
+        """Whether ``name``'s map fell: :meth:`judged_rho` below ``threshold`` (a map blank from
+        step 1 on fell at once)."""
+        rho = self.judged_rho(name)
+        return rho is None or rho < threshold
 
 
 def stage_maps(model: LoadedModel, image: Image.Image, target: int | None, layer: str | None, baseline: str,

@@ -76,11 +76,11 @@ def run_sanity(args: argparse.Namespace) -> int:
           f"{args.mode} steps in {result.seconds:.1f} s; wrote {args.out}")
     for name in result.original:
         verdict = "fell (passed)" if result.passed(name) else "did not fall (failed)"
-        step = result.judged_step(name) if result.mode == "cascading" else len(steps)
+        step, rho = result.judged_step(name), result.judged_rho(name)
         blank = f"; blank (constant) from step {step + 1} on" if step < len(steps) else ""
         print(f"  {name}: Spearman after the last step {result.spearman[name][-1]:+.3f}, "
               f"SSIM {result.ssim[name][-1]:.3f}{blank}: {verdict}"
-              + (f" (judged at step {step}, rho {result.spearman[name][step - 1]:+.3f})" if blank and step else ""))
+              + (f" (judged at step {step}, rho {rho:+.3f})" if blank and step else ""))
     return 0
 
 

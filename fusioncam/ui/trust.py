@@ -82,10 +82,8 @@ def sanity_verdicts(result: SanityResult, class_name: str) -> str:
     lines = [f"**Sanity check** of **{class_name}** (class {result.target}) at layer `{result.layer}`: {result.mode} "
              f"randomisation in {len(result.steps)} steps ({result.steps[0]} first), {result.seconds:.1f} s."]
     for name in result.original:
-        values, label = result.spearman[name], method_label(name)
-        step = result.judged_step(name) if result.mode == "cascading" else len(values)
-        blank_after = result.mode == "cascading" and step < len(values)
-        rho = float(np.mean(values)) if result.mode == "independent" else values[step - 1] if step else 0.0
+        label, step, rho = method_label(name), result.judged_step(name), result.judged_rho(name) or 0.0
+        blank_after = step < len(result.steps)
         at = where if not blank_after else f"at step {step}, the last at which it showed anything"
         if blank_after and step == 0:
             lines.append(f"- ✅ **{label} passed**: its map went blank as soon as the head was randomised.")
