@@ -1,8 +1,9 @@
 """Colour maps and overlays: saliency maps in [0, 1] drawn on the display image.
 
 Every colour map is a 256-entry RGB table (:func:`colour_table`): OpenCV's own tables for the
-saliency maps, and one table of our own for the agreement map. A map value ``v`` is drawn with
-the entry ``round(255 · v)``; a browser that draws with the same tables draws the same colours.
+saliency maps, and tables of our own for the agreement map and for the difference of two maps.
+A map value ``v`` is drawn with the entry ``round(255 · v)`` (a difference ``d`` in [−1, 1] with
+``round(255 · (d + 1) / 2)``); a browser that draws with the same tables draws the same colours.
 """
 
 from __future__ import annotations
@@ -33,15 +34,26 @@ COLOUR_BLIND_SAFE = ("viridis", "cividis")
 AGREEMENT_COLORMAP = "agreement"
 _AGREEMENT_ANCHORS = ((0.0, "#49006a"), (0.35, "#7a0177"), (0.55, "#ae017e"), (0.7, "#dd3497"), (0.8, "#f768a1"),
                       (0.85, "#fa9fb5"), (0.9, "#fcc5c0"), (0.95, "#fde0dd"), (1.0, "#fff7f3"))
+#: The difference ``N(F_A) − N(F_B)``'s diverging colour map, unlike any saliency map: ColorBrewer's
+#: RdBu (readable with the common colour-vision deficiencies), blue where B looks more (−1), near
+#: white where both look alike (0), red where A looks more (+1).
+DIFFERENCE_COLORMAP = "difference"
+_DIFFERENCE_ANCHORS = ((0.0, "#053061"), (0.1, "#2166ac"), (0.2, "#4393c3"), (0.3, "#92c5de"), (0.4, "#d1e5f0"),
+                       (0.5, "#f7f7f7"), (0.6, "#fddbc7"), (0.7, "#f4a582"), (0.8, "#d6604d"), (0.9, "#b2182b"),
+                       (1.0, "#67001f"))
+_ANCHORS = {AGREEMENT_COLORMAP: _AGREEMENT_ANCHORS, DIFFERENCE_COLORMAP: _DIFFERENCE_ANCHORS}
+OUTSIDE_DIM = 0.45   # brightness of the image where a difference was not compared
+LEGEND_FONT = cv2.FONT_HERSHEY_DUPLEX
 
 
 @cache
 def colour_table(name: str) -> np.ndarray:
-    """The ``256×3`` uint8 RGB table of a colour map in :data:`COLORMAPS` or :data:`AGREEMENT_COLORMAP`."""
-    if name == AGREEMENT_COLORMAP:
-        anchors = np.array([[int(code[i:i + 2], 16) for i in (1, 3, 5)] for _, code in _AGREEMENT_ANCHORS],
+    """The ``256×3`` uint8 RGB table of a colour map in :data:`COLORMAPS`, :data:`AGREEMENT_COLORMAP`
+    or :data:`DIFFERENCE_COLORMAP`."""
+    if name in _ANCHORS:
+        anchors = np.array([[int(code[i:i + 2], 16) for i in (1, 3, 5)] for _, code in _ANCHORS[name]],
                            dtype=np.float64)
-        positions = 255 * np.array([value for value, _ in _AGREEMENT_ANCHORS])
+        positions = 255 * np.array([value for value, _ in _ANCHORS[name]])
         table = np.stack([np.interp(np.arange(256), positions, anchors[:, c]) for c in range(3)], axis=1)
         result = np.round(table).astype(np.uint8)
     elif name in COLORMAPS:
@@ -77,8 +89,55 @@ def overlay(image: Image.Image | np.ndarray, saliency: np.ndarray, colormap: str
 def agreement_overlay(image: Image.Image | np.ndarray, agreement: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """The agreement map ``S`` on its fixed 0–1 scale, in :data:`AGREEMENT_COLORMAP`, over a grey copy of
     the image (Pillow's luma ``L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16``), so colour shows only the map."""
+    return overlay(_grey(image), agreement, AGREEMENT_COLORMAP, opacity)
+
+
+def _grey(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A grey RGB copy of the image (Pillow's luma), so colour drawn over it shows only a map."""
     picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return overlay(picture.convert("RGB").convert("L").convert("RGB"), agreement, AGREEMENT_COLORMAP, opacity)
+    return np.asarray(picture.convert("RGB").convert("L").convert("RGB"))
+
+
+def difference_overlay(image: Image.Image | np.ndarray, difference: np.ndarray, opacity: float = 0.5,
+                       shared: np.ndarray | None = None) -> np.ndarray:
+    """The difference ``d = N(F_A) − N(F_B)`` (values in [−1, 1]) over a grey copy of the image at
+    the image's own size: ``(1 − opacity) · grey + opacity · table[round(255 · (d + 1) / 2)]`` in
+    :data:`DIFFERENCE_COLORMAP`; where ``shared`` (a bool mask on ``difference``'s grid) is false,
+    the maps were not compared: the grey image is dimmed to :data:`OUTSIDE_DIM` and not coloured."""
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    grey = _grey(image)
+    size = (grey.shape[1], grey.shape[0])
+    values = np.nan_to_num(np.asarray(difference, dtype=np.float32))
+    if (values.shape[1], values.shape[0]) != size:
+        values = cv2.resize(values, size, interpolation=cv2.INTER_LINEAR)
+    levels = np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    picture = cv2.addWeighted(grey, 1.0 - opacity, colour_table(DIFFERENCE_COLORMAP)[levels], opacity, 0.0)
+    if shared is not None:
+        inside = np.asarray(shared, dtype=np.uint8)
+        if (inside.shape[1], inside.shape[0]) != size:
+            inside = cv2.resize(inside, size, interpolation=cv2.INTER_NEAREST)
+        picture = np.where(inside[..., None].astype(bool), picture, (grey * OUTSIDE_DIM).astype(np.uint8))
+    return picture
+
+
+def difference_legend(width: int = 512, label_a: str = "A", label_b: str = "B") -> np.ndarray:
+    """The difference's legend, an RGB uint8 strip ``width`` pixels wide: the colour bar from −1
+    (left, "B looks more") through 0 ("both alike") to +1 (right, "A looks more"), labelled
+    beneath in ASCII (OpenCV's Hershey font)."""
+    bar_h, text_h, margin = max(6, width // 32), max(14, width // 22), max(4, width // 64)
+    canvas = np.full((bar_h + text_h + 2 * margin, width, 3), 255, np.uint8)
+    levels = np.round(np.linspace(0, 255, width - 2 * margin)).astype(np.uint8)
+    canvas[margin:margin + bar_h, margin:width - margin] = colour_table(DIFFERENCE_COLORMAP)[levels][None]
+    scale = text_h / 36
+    baseline = margin + bar_h + int(text_h * 0.85)
+    labels = [(f"{label_b} looks more", "left"), ("both alike", "centre"), (f"{label_a} looks more", "right")]
+    for text, place in labels:
+        text = text.encode("ascii", "replace").decode("ascii")
+        (w, _h), _ = cv2.getTextSize(text, LEGEND_FONT, scale, 1)
+        x = {"left": margin, "centre": (width - w) // 2, "right": width - margin - w}[place]
+        cv2.putText(canvas, text, (x, baseline), LEGEND_FONT, scale, (20, 20, 20), 1, cv2.LINE_AA)
+    return canvas
 
 
 def save_png(picture: np.ndarray, path: str) -> None:
