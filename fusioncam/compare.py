@@ -23,7 +23,7 @@ one box onto the other (OpenCV's convention), values past a map's last centre he
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +64,15 @@ EXPLANATIONS: dict[str, str] = {
 }
 
 
+#: A short name for each number of the record.
+LABELS: dict[str, str] = {
+    "spearman": "Rank correlation (Spearman)", "iou_top20": "Top-20 % overlap (IoU)",
+    "average_drop_a": "A's Average Drop, own map", "average_drop_b": "B's Average Drop, own map",
+    "cross_average_drop_a": "A's Average Drop, B's map", "cross_average_drop_b": "B's Average Drop, A's map",
+    "shared_region": "Region both models saw",
+}
+
+
 @dataclass(frozen=True)
 class Comparison:
     """What :func:`compare` returns: ``difference`` (float32 on the original image's grid),
@@ -76,6 +85,11 @@ class Comparison:
     image: Image.Image
     shared: np.ndarray
     boxes: tuple[Box, Box]
+
+    def on_image(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Side ``index``'s (0: A, 1: B) Fusion-CAM map on the original image's grid (0 outside its
+        box) and the bool mask of the pixels that side's model saw."""
+        return _on_image(self.explanations[index].maps["fusion"], self.boxes[index], self.image)
 
 
 def _axis(target: int, target_span: tuple[float, float], source: int,
@@ -106,6 +120,11 @@ def resample(values: np.ndarray, source_box: Box, target_box: Box,
     inside = in_y[:, None] & in_x[None, :]
     resampled = top * (1 - fy[:, None]) + bottom * fy[:, None]
     return np.where(inside, resampled, 0).astype(np.float32), inside
+
+
+def _on_image(values: np.ndarray, box: Box, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """A map covering ``box`` of ``image`` resampled onto the image's grid, and its mask."""
+    return resample(values, box, (0, 0, image.width, image.height), (image.height, image.width))
 
 
 def normalize(values: np.ndarray) -> np.ndarray:
@@ -215,13 +234,11 @@ def compare(exp_a: Explanation, exp_b: Explanation, *, image: ImageSource | None
     """
     explanations = (exp_a, exp_b)
     original, box_a, box_b = _original(explanations, image)
-    grid = (original.height, original.width)
-    whole = (0, 0, original.width, original.height)
-    (on_a, inside_a), (on_b, inside_b) = (resample(e.maps["fusion"], box, whole, grid)
+    (on_a, inside_a), (on_b, inside_b) = (_on_image(e.maps["fusion"], box, original)
                                           for e, box in ((exp_a, box_a), (exp_b, box_b)))
     shared = inside_a & inside_b
     values_a, values_b = normalize(on_a[shared]), normalize(on_b[shared])
-    difference = np.zeros(grid, dtype=np.float32)
+    difference = np.zeros(shared.shape, dtype=np.float32)
     difference[shared] = (values_a - values_b).astype(np.float32)
 
     drops = {}
@@ -282,6 +299,11 @@ def explain_pair(image: ImageSource, model_a: LoadedModel, model_b: LoadedModel,
     return explanations[0], explanations[1]
 
 
-def record_lines(record: Mapping[str, float]) -> list[str]:
-    """The record as ``key = value`` lines (Average Drops in %, the rest to three decimals)."""
-    return [f"{key} = {record[key]:.2f} %" if "drop" in key else f"{key} = {record[key]:.3f}" for key in RECORD_KEYS]
+def format_value(key: str, value: float) -> str:
+    """A record value as shown to people: Average Drops and the shared region in %, the
+    correlation and the overlap to three decimals."""
+    if "drop" in key:
+        return f"{value:.2f} %"
+    if key == "shared_region":
+        return f"{100 * value:.1f} %"
+    return f"{value:.3f}"

@@ -10,6 +10,11 @@
   the first page;
 - ``panel.png`` (optional): the image and the six captioned maps on one 1920×1080 canvas (a slide).
 
+A comparison of two explanations (:func:`write_comparison`) writes ``a/`` and ``b/`` as above,
+``difference.npy`` (float32 in [−1, 1] on the original image's grid), ``difference.png`` (drawn
+on the image, its legend beneath), ``compare.json`` (the record) and optionally ``compare.html``
+(both sides on one self-contained page).
+
 Files appear in the output folder only once all of them are written (staged, then renamed).
 """
 
@@ -34,10 +39,11 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from .compare import EXPLANATIONS, LABELS, RECORD_KEYS, SIDES, Comparison, format_value
 from .explain import MAP_NAMES, Explanation
 from .methods import MAP_DESCRIPTIONS, METHOD_NAMES, map_titles
 from .metrics import MapScores
-from .render import agreement_overlay, overlay, save_png
+from .render import agreement_overlay, difference_legend, difference_overlay, dim_outside, overlay, save_png
 
 PANEL_SIZE = (1920, 1080)     # a 16:9 slide, in pixels
 FONT = cv2.FONT_HERSHEY_DUPLEX  # the panel's captions
@@ -115,6 +121,130 @@ def write_explanation(explanation: Explanation, out_dir: Path, colormap: str = "
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def comparison_command(comparison: Comparison, image: str, out: str = "OUT", colormap: str = "jet",
+                       opacity: float = 0.5, html_report: bool = True) -> str:
+    """The ``python -m fusioncam compare`` command line (shell-quoted) that recomputes this
+    comparison: each side's model, layer and class and the shared θ, λ and weight mode spelled out."""
+    report_a, report_b = (explanation.report for explanation in comparison.explanations)
+    params = report_a["params"]
+    words = ["python", "-m", "fusioncam", "compare", image]
+    for name, report in zip(SIDES, (report_a, report_b), strict=True):
+        flag = name.lower()
+        words += [f"--model-{flag}", report["model"], f"--layer-{flag}", report["layer"], f"--class-{flag}",
+                  str(report["class_index"])]
+    words += ["--theta", repr(float(params["theta"])), "--strength", repr(float(params["strength"])),
+              "--weights", params["weights"], "--device", str(report_a.get("device", "cpu")).split(":")[0],
+              "--colormap", colormap, "--opacity", repr(float(opacity)), "--out", out]
+    return shlex.join(words + (["--html"] if html_report else []))
+
+
+def write_comparison(comparison: Comparison, out_dir: Path, colormap: str = "jet", opacity: float = 0.5, *,
+                     html_report: bool = False, command: str | None = None,
+                     side_commands: tuple[str | None, str | None] = (None, None)) -> list[Path]:
+    """Write ``a/`` and ``b/`` (each as :func:`write_explanation`, with ``report.html`` when
+    ``html_report``), ``difference.npy``, ``difference.png``, ``compare.json`` and with
+    ``html_report`` ``compare.html`` into ``out_dir``, all or nothing (an older ``a/`` or ``b/``
+    there is replaced); returns the written top-level paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fusioncam-", dir=out_dir))
+    try:
+        for name, explanation, side_command in zip(SIDES, comparison.explanations, side_commands, strict=True):
+            write_explanation(explanation, staging / name.lower(), colormap, opacity, html_report=html_report,
+                              command=side_command)
+        np.save(staging / "difference.npy", comparison.difference)
+        save_png(difference_picture(comparison, opacity), str(staging / "difference.png"))
+        (staging / "compare.json").write_text(json.dumps(comparison.record, indent=2))
+        if html_report:
+            (staging / "compare.html").write_text(compare_html(comparison, colormap, opacity, command),
+                                                  encoding="utf-8")
+        written = []
+        for path in sorted(staging.iterdir()):
+            target = out_dir / path.name
+            if path.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def difference_picture(comparison: Comparison, opacity: float = 0.5, side: int | None = None) -> np.ndarray:
+    """The difference drawn on the original image (at most ``side`` pixels on the longer side),
+    the region not compared dimmed, with its legend strip beneath (labels name A's and B's models
+    when they differ, else their classes)."""
+    photo = _thumbnail(comparison.image, side)
+    picture = difference_overlay(photo, comparison.difference, opacity, comparison.shared)
+    report_a, report_b = (explanation.report for explanation in comparison.explanations)
+    key = "model" if report_a["model"] != report_b["model"] else "class_name"
+    legend = difference_legend(picture.shape[1], f"A ({report_a[key]})", f"B ({report_b[key]})")
+    return np.vstack([picture, legend])
+
+
+def _thumbnail(image: Image.Image, side: int | None) -> Image.Image:
+    """An RGB copy of ``image`` at most ``side`` pixels on the longer side (``None``: as it is)."""
+    photo = image.convert("RGB")
+    if side is not None:
+        photo.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return photo
+
+
+def compare_html(comparison: Comparison, colormap: str = "jet", opacity: float = 0.5,
+                 command: str | None = None) -> str:
+    """One self-contained page for a comparison (same rules as :func:`report_html`): the image,
+    both Fusion-CAM maps drawn on it, the difference with its legend, the record with one
+    sentence per number, then each side's maps, top-5, weights, parameters and warnings
+    (ids prefixed ``a-`` / ``b-``)."""
+    photo = _thumbnail(comparison.image, HTML_SIDE)
+    figures = [f'<figure id="figure-image"><img src="{_data_uri(np.asarray(photo))}" alt="the image">'
+               f"<figcaption><b>Image</b> as given ({comparison.image.width}×{comparison.image.height} px)"
+               "</figcaption></figure>"]
+    leads, sides = [], []
+    for index, (name, explanation) in enumerate(zip(SIDES, comparison.explanations, strict=True)):
+        report, prefix = explanation.report, f"{name.lower()}-"
+        values, inside = comparison.on_image(index)
+        drawn = dim_outside(overlay(photo, values, colormap, opacity), photo, inside)
+        described = _esc(f"{report['class_name']} · {report['model']} · layer {report['layer']}")
+        unseen = "" if inside.all() else " (dimmed: not seen by this model)"
+        figures.append(f'<figure id="figure-fusion-{name.lower()}" class=main><img src="{_data_uri(drawn)}" '
+                       f'alt="side {name} Fusion-CAM"><figcaption><b>{name}: Fusion-CAM</b> — {described}'
+                       f"{unseen}</figcaption></figure>")
+        leads.append(f'<b>{name}</b>: <span id="{prefix}class" data-index="{report["class_index"]}">'
+                     f"{_esc(report['class_name'])}</span> (class {report['class_index']}, p = "
+                     f'<span data-value="{_data_value(report["probability"])}">{report["probability"]:.3f}</span>)'
+                     f' · model <span id="{prefix}model">{_esc(report["model"])}</span>'
+                     f' · layer <span id="{prefix}layer">{_esc(report["layer"])}</span>')
+        titles = map_titles(report["params"]["gradient_method"])
+        details = "".join(f"<section>{part}</section>" for part in (
+            _top5_html(report, prefix), _weights_html(report, prefix), _parameters_html(report, prefix),
+            _warnings_html(report, prefix)))
+        sides.append(f'<section id="side-{name.lower()}"><h2>Side {name}: {described}</h2>'
+                     f'<div class="maps">{_figures_html(explanation, titles, colormap, opacity, prefix)}</div>'
+                     f'<div class="details">{details}</div></section>')
+    difference = _data_uri(difference_picture(comparison, opacity, HTML_SIDE))
+    figures.append(f'<figure id="figure-difference"><img src="{difference}" alt="the difference of the two maps">'
+                   "<figcaption><b>Difference</b> N(F_A) − N(F_B) on the region both models saw: "
+                   "red where A looks more, blue where B looks more</figcaption></figure>")
+    rows = _rows([[f"<th>{_esc(LABELS[key])}</th>",
+                   f'<td data-record="{key}" data-value="{_data_value(comparison.record[key])}">'
+                   f"{_esc(format_value(key, comparison.record[key]))}</td>",
+                   f"<td class=note>{_esc(EXPLANATIONS[key])}</td>"] for key in RECORD_KEYS])
+    sections = [f"<section class=wide><h2>The comparison in numbers</h2><table class=record id=record>{rows}"
+                "</table></section>"]
+    if command:
+        sections.append(f"<section class=wide><h2>Reproduce</h2><pre id=command><code>{_esc(command)}</code>"
+                        "</pre></section>")
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report_a, report_b = (explanation.report for explanation in comparison.explanations)
+    return _COMPARE_PAGE.format(
+        title=_esc(f"Fusion-CAM comparison: {report_a['class_name']} ({report_a['model']}) vs "
+                   f"{report_b['class_name']} ({report_b['model']})"),
+        leads="<br>\n".join(leads), figures="\n".join(figures), sections="\n".join(sections),
+        sides="\n".join(sides),
+        footer=_esc(f"fusioncam {__version__} · {report_a['device']} · one λ for both sides "
+                    f"({report_a['params']['strength']:g}) · made {made}"))
+
+
 def map_overlay(image: Image.Image, name: str, values: np.ndarray, colormap: str, opacity: float) -> np.ndarray:
     """A map drawn over the image as the page draws it: the agreement map ``S`` on its own fixed
     0–1 scale and colours (:func:`~fusioncam.render.agreement_overlay`), every saliency map in
@@ -186,48 +316,50 @@ def report_html(explanation: Explanation, colormap: str = "jet", opacity: float 
     )
 
 
-def _figures_html(explanation: Explanation, titles: Mapping[str, str], colormap: str, opacity: float) -> str:
-    """The image and the six maps, each an inline JPEG with its caption (Fusion-CAM framed)."""
+def _figures_html(explanation: Explanation, titles: Mapping[str, str], colormap: str, opacity: float,
+                  prefix: str = "") -> str:
+    """The image and the six maps, each an inline JPEG with its caption (Fusion-CAM framed); every
+    ``id`` starts with ``prefix``."""
     pictures = _pictures(explanation, colormap, opacity, HTML_SIDE)
     width, height = explanation.image.size
-    figures = [f'<figure id="figure-image"><img src="{_data_uri(pictures["image"])}" alt="the image">'
+    figures = [f'<figure id="{prefix}figure-image"><img src="{_data_uri(pictures["image"])}" alt="the image">'
                f"<figcaption><b>Image</b> as given ({width}×{height} px)</figcaption></figure>"]
     for name in MAP_NAMES:
         title = _esc(titles[name])
-        figures.append(f'<figure id="figure-{name}"{" class=main" if name == "fusion" else ""}>'
+        figures.append(f'<figure id="{prefix}figure-{name}"{" class=main" if name == "fusion" else ""}>'
                        f'<img src="{_data_uri(pictures[name])}" alt="{title} map">'
                        f"<figcaption><b>{title}</b> — {_esc(MAP_DESCRIPTIONS[name])}</figcaption></figure>")
     return "\n".join(figures)
 
 
-def _top5_html(report: Mapping[str, Any]) -> str:
+def _top5_html(report: Mapping[str, Any], prefix: str = "") -> str:
     rows = _rows([[f"<td>{_esc(e['name'])}</td>", f"<td>{e['index']}</td>",
                    f'<td data-value="{_data_value(e["probability"])}">{e["probability"]:.4f}</td>']
                   for e in report["top5"]])
-    return ("<h2>Top-5 predictions</h2><table class=numbers id=top5><tr><th>class</th><th>index</th>"
+    return (f"<h2>Top-5 predictions</h2><table class=numbers id={prefix}top5><tr><th>class</th><th>index</th>"
             f"<th>probability</th></tr>{rows}</table>")
 
 
-def _weights_html(report: Mapping[str, Any]) -> str:
+def _weights_html(report: Mapping[str, Any], prefix: str = "") -> str:
     """β, β̂, p_b and γ, each cell marked ``data-beta=KEY`` or ``data-gamma=KEY``."""
     blocks = {"beta": report["betas"], "gamma": report["gammas"]}
     rows = _rows([[f"<th>{_esc(label)}</th>", f'<td data-{kind}="{key}" data-value="{_data_value(blocks[kind][key])}">'
                    f"{blocks[kind][key]:.4f}</td>"] for kind, key, label in WEIGHT_ROWS])
-    return f"<h2>Contribution weights</h2><table class=numbers id=weights>{rows}</table>"
+    return f"<h2>Contribution weights</h2><table class=numbers id={prefix}weights>{rows}</table>"
 
 
-def _parameters_html(report: Mapping[str, Any]) -> str:
+def _parameters_html(report: Mapping[str, Any], prefix: str = "") -> str:
     """Model, layer and every fusion parameter, each cell marked ``data-param=KEY``."""
     parameters = {"model": report["model"], "layer": report["layer"], **report["params"]}
     rows = _rows([[f"<th>{_esc(PARAMETER_LABELS.get(key, key))}</th>",
                    f'<td data-param="{_esc(key)}" data-value="{_data_value(value)}">'
                    f'{_esc("—" if value is None else value)}</td>'] for key, value in parameters.items()])
-    return f"<h2>Parameters</h2><table id=parameters>{rows}</table>"
+    return f"<h2>Parameters</h2><table id={prefix}parameters>{rows}</table>"
 
 
-def _warnings_html(report: Mapping[str, Any]) -> str:
+def _warnings_html(report: Mapping[str, Any], prefix: str = "") -> str:
     items = "".join(f"<li>{_esc(w)}</li>" for w in report["warnings"]) or "<li>none</li>"
-    return f"<h2>Warnings</h2><ul id=warnings>{items}</ul>"
+    return f"<h2>Warnings</h2><ul id={prefix}warnings>{items}</ul>"
 
 
 def _faithfulness_html(record: Mapping[str, Any], titles: Mapping[str, str]) -> str:
@@ -241,7 +373,7 @@ def _faithfulness_html(record: Mapping[str, Any], titles: Mapping[str, str]) -> 
             f"<table class=numbers id=faithfulness><tr>{head}</tr>{rows}</table>")
 
 
-_PAGE = """<!DOCTYPE html>
+_HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -268,6 +400,11 @@ table.numbers td {{ font-variant-numeric: tabular-nums; }}
 ul {{ font-size: 12px; padding-left: 18px; }}
 pre {{ white-space: pre-wrap; word-break: break-all; font-size: 11px; background: #f4f4f4; padding: 6px; }}
 footer {{ font-size: 11px; color: #666; margin-top: 12px; }}
+.sides {{ display: grid; grid-template-columns: 1fr 1fr; gap: 0 20px; }}
+.sides .maps {{ gap: 6px; }}
+.sides .details {{ grid-template-columns: 1fr; }}
+.compared {{ display: grid; grid-template-columns: repeat(4, 1fr); gap: 10px; }}
+table.record td.note {{ color: #444; }}
 @media print {{
   body {{ margin: 0; }}
   .maps {{ grid-template-columns: repeat(4, 1fr); gap: 4mm; }}
@@ -276,7 +413,8 @@ footer {{ font-size: 11px; color: #666; margin-top: 12px; }}
 }}
 </style>
 </head>
-<body>
+"""
+_PAGE = _HEAD + """<body>
 <header>
 <h1>Fusion-CAM explanation</h1>
 <p class="lead"><b id="class" data-index="{class_index}">{class_name}</b> (class {class_index}),
@@ -289,6 +427,28 @@ p = <span id="probability" data-value="{probability_value}">{probability}</span>
 </section>
 <div class="details">
 {sections}
+</div>
+</main>
+<footer>{footer}</footer>
+</body>
+</html>
+"""
+
+
+_COMPARE_PAGE = _HEAD + """<body>
+<header>
+<h1>Fusion-CAM comparison</h1>
+<p class="lead">{leads}</p>
+</header>
+<main>
+<section class="compared">
+{figures}
+</section>
+<div class="details">
+{sections}
+</div>
+<div class="sides">
+{sides}
 </div>
 </main>
 <footer>{footer}</footer>

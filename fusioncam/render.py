@@ -103,7 +103,7 @@ def difference_overlay(image: Image.Image | np.ndarray, difference: np.ndarray, 
     """The difference ``d = N(F_A) − N(F_B)`` (values in [−1, 1]) over a grey copy of the image at
     the image's own size: ``(1 − opacity) · grey + opacity · table[round(255 · (d + 1) / 2)]`` in
     :data:`DIFFERENCE_COLORMAP`; where ``shared`` (a bool mask on ``difference``'s grid) is false,
-    the maps were not compared: the grey image is dimmed to :data:`OUTSIDE_DIM` and not coloured."""
+    the maps were not compared: :func:`dim_outside`."""
     if not 0 <= opacity <= 1:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     grey = _grey(image)
@@ -113,29 +113,37 @@ def difference_overlay(image: Image.Image | np.ndarray, difference: np.ndarray, 
         values = cv2.resize(values, size, interpolation=cv2.INTER_LINEAR)
     levels = np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     picture = cv2.addWeighted(grey, 1.0 - opacity, colour_table(DIFFERENCE_COLORMAP)[levels], opacity, 0.0)
-    if shared is not None:
-        inside = np.asarray(shared, dtype=np.uint8)
-        if (inside.shape[1], inside.shape[0]) != size:
-            inside = cv2.resize(inside, size, interpolation=cv2.INTER_NEAREST)
-        picture = np.where(inside[..., None].astype(bool), picture, (grey * OUTSIDE_DIM).astype(np.uint8))
-    return picture
+    return picture if shared is None else dim_outside(picture, grey, shared)
+
+
+def dim_outside(picture: np.ndarray, image: Image.Image | np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``picture`` where ``inside`` (a bool mask, resized to the picture by nearest neighbour) is
+    true, elsewhere a grey copy of ``image`` (same size) dimmed to :data:`OUTSIDE_DIM`: the part
+    a model never saw, or where two maps were not compared."""
+    grey = _grey(image)
+    mask = np.asarray(inside, dtype=np.uint8)
+    if mask.shape != picture.shape[:2]:
+        mask = cv2.resize(mask, (picture.shape[1], picture.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.where(mask[..., None].astype(bool), picture, (grey * OUTSIDE_DIM).astype(np.uint8))
 
 
 def difference_legend(width: int = 512, label_a: str = "A", label_b: str = "B") -> np.ndarray:
     """The difference's legend, an RGB uint8 strip ``width`` pixels wide: the colour bar from −1
     (left, "B looks more") through 0 ("both alike") to +1 (right, "A looks more"), labelled
-    beneath in ASCII (OpenCV's Hershey font)."""
+    beneath in ASCII (OpenCV's Hershey font), shrunk to fit side by side."""
     bar_h, text_h, margin = max(6, width // 32), max(14, width // 22), max(4, width // 64)
     canvas = np.full((bar_h + text_h + 2 * margin, width, 3), 255, np.uint8)
     levels = np.round(np.linspace(0, 255, width - 2 * margin)).astype(np.uint8)
     canvas[margin:margin + bar_h, margin:width - margin] = colour_table(DIFFERENCE_COLORMAP)[levels][None]
-    scale = text_h / 36
     baseline = margin + bar_h + int(text_h * 0.85)
-    labels = [(f"{label_b} looks more", "left"), ("both alike", "centre"), (f"{label_a} looks more", "right")]
-    for text, place in labels:
-        text = text.encode("ascii", "replace").decode("ascii")
-        (w, _h), _ = cv2.getTextSize(text, LEGEND_FONT, scale, 1)
-        x = {"left": margin, "centre": (width - w) // 2, "right": width - margin - w}[place]
+    labels = [text.encode("ascii", "replace").decode("ascii")
+              for text in (f"{label_b} looks more", "both alike", f"{label_a} looks more")]
+    natural = sum(cv2.getTextSize(text, LEGEND_FONT, 1.0, 1)[0][0] for text in labels)
+    scale = min(text_h / 36, (width - 4 * margin) / natural)   # the three labels side by side, apart
+    widths = [cv2.getTextSize(text, LEGEND_FONT, scale, 1)[0][0] for text in labels]
+    left_end, right_start = margin + widths[0], width - margin - widths[2]
+    starts = (margin, (left_end + right_start - widths[1]) // 2, right_start)   # the middle one between
+    for text, x in zip(labels, starts, strict=True):
         cv2.putText(canvas, text, (x, baseline), LEGEND_FONT, scale, (20, 20, 20), 1, cv2.LINE_AA)
     return canvas
 
