@@ -1,4 +1,5 @@
-"""Command line: ``python -m fusioncam explain IMAGE --out DIR``, ``layers`` and ``evaluate DIR``.
+"""Command line: ``python -m fusioncam explain IMAGE --out DIR``, ``compare IMAGE --out DIR``,
+``layers`` and ``evaluate DIR``.
 
 Argument parsing only: the work is in the library (:mod:`fusioncam.export` writes the files,
 :mod:`fusioncam.evaluate` runs the evaluation, also under ``torchrun``). Bad input (a missing
@@ -18,11 +19,12 @@ from .allocator import tune_host_allocator
 from .backend import DEVICES
 from .baselines import BASELINES
 from .capture import CaptureError
+from .compare import LABELS, RECORD_KEYS, SIDES, compare, explain_pair, format_value, side
 from .explain import REGION_METHODS, explain
-from .export import reproduce_command, write_explanation
+from .export import comparison_command, reproduce_command, write_comparison, write_explanation
 from .fusion import WEIGHT_MODES
 from .gradient import GRADIENT_METHODS
-from .images import InputError
+from .images import InputError, load_image
 from .methods import DEFAULT_METHODS, METHOD_NAMES, SALIENCY_MAPS, parse_methods
 from .metrics import DEFAULT_STEPS, score_maps
 from .models import BUNDLED, ModelError, load_model
@@ -81,6 +83,41 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """``compare IMAGE``: explain the image on both sides (one θ, λ and weight mode), compare the
+    two explanations, then write ``a/``, ``b/``, the difference and ``compare.json`` (and
+    ``compare.html``) to ``--out``. Bad input on one side names it: ``side B: …``."""
+    image = Path(args.image)
+    if not image.is_file():
+        raise InputError(f"No such image file: {image}.")
+    picture = load_image(str(image))
+    with side("A"):
+        model_a = load_model(args.model_a, device=args.device)
+    model_b = model_a
+    if args.model_b.strip() != args.model_a.strip():
+        with side("B"):
+            model_b = load_model(args.model_b, device=args.device)
+    explanations = explain_pair(picture, model_a, model_b, args.class_a, args.class_b, args.layer_a, args.layer_b,
+                                theta=args.theta, strength=args.strength, weights=args.weights)
+    comparison = compare(*explanations, image=picture)
+    out = Path(args.out)
+    side_commands = tuple(reproduce_command(e.report, args.image, str(out / name.lower()), args.colormap, args.opacity,
+                                            args.html) for name, e in zip(SIDES, explanations, strict=True))
+    write_comparison(comparison, out, args.colormap, args.opacity, html_report=args.html,
+                     command=comparison_command(comparison, args.image, args.out, args.colormap, args.opacity,
+                                                args.html), side_commands=side_commands)
+    for name, explanation in zip(SIDES, explanations, strict=True):
+        report = explanation.report
+        print(f"{name}: {report['class_name']} (class {report['class_index']}, p = {report['probability']:.3f}), "
+              f"{report['model']} at layer {report['layer']}")
+        for warning in report["warnings"]:
+            print(f"warning: side {name}: {warning}", file=sys.stderr)
+    for key in RECORD_KEYS:
+        print(f"  {LABELS[key]}: {format_value(key, comparison.record[key])}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_layers(args: argparse.Namespace) -> int:
     """``layers``: the model's useful candidate target layers (``--all``: every one) with their
     map size ``K×h×w`` (and layout when not ``N×K×h×w`` maps), the default marked with ``*``."""
@@ -122,6 +159,30 @@ def build_parser() -> OneLineParser:
                              help="also write report.html: one self-contained page to keep or forward")
     explain_cmd.add_argument("--png", action="store_true", help="also write panel.png: every map on one slide")
     explain_cmd.set_defaults(handler=run_explain)
+
+    compare_cmd = commands.add_parser("compare", help="compare two explanations of one image (two models or two "
+                                      "classes) side by side")
+    compare_cmd.add_argument("image", help="path of the image to explain")
+    for name in ("a", "b"):
+        compare_cmd.add_argument(f"--model-{name}", default=BUNDLED,
+                                 help=f"side {name.upper()}'s model: {BUNDLED} (bundled), timm:NAME or "
+                                 "torchvision:NAME")
+        compare_cmd.add_argument(f"--layer-{name}", default=None, help="target layer name (default: the model's)")
+    compare_cmd.add_argument("--class-a", type=int, default=None, help="target class index (default: A's top-1)")
+    compare_cmd.add_argument("--class-b", type=int, default=None,
+                             help="target class index (default: B's top-1 when the models differ, else the one "
+                             "model's most probable class other than A's)")
+    compare_cmd.add_argument("--theta", type=float, default=10.0,
+                             help="denoising percentile θ in [0, 100] (both sides)")
+    compare_cmd.add_argument("--strength", type=float, default=1.0, help="fusion strength λ ≥ 0 (both sides)")
+    compare_cmd.add_argument("--weights", choices=WEIGHT_MODES, default="reference")
+    compare_cmd.add_argument("--device", choices=DEVICES, default="auto")
+    compare_cmd.add_argument("--colormap", choices=list(COLORMAPS), default="jet")
+    compare_cmd.add_argument("--opacity", type=float, default=0.5)
+    compare_cmd.add_argument("--out", required=True, help="output folder")
+    compare_cmd.add_argument("--html", action="store_true",
+                             help="also write compare.html (and each side's report.html): one self-contained page")
+    compare_cmd.set_defaults(handler=run_compare)
 
     layers_cmd = commands.add_parser("layers", help="list a model's candidate target layers")
     layers_cmd.add_argument("--model", default=BUNDLED)
