@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backend import auto_chunk_size
 from .baselines import apply_mask
 from .capture import CaptureError
 from .explain import Explanation, FusionParams, capture_evidence, derive, score_regions
@@ -211,9 +212,13 @@ def _original(explanations: tuple[Explanation, Explanation], image: ImageSource 
 
 
 def _masked_probabilities(explanation: Explanation, masks: list[np.ndarray], pad_to: int | None) -> list[float]:
-    """``p(m(x, M))_c`` for each mask ``M`` on the explanation's input grid, in one batched pass."""
+    """``p(m(x, M))_c`` for each mask ``M`` on the explanation's input grid, in one batched pass,
+    padded (once a compiled graph is ready) to ``pad_to`` rows, by default Score-CAM's chunk for
+    this model, so the pass reuses Score-CAM's compiled graph instead of compiling another."""
     evidence, model = explanation.evidence, explanation.model
     device = model.device
+    if pad_to is None:
+        pad_to = auto_chunk_size(device, tuple(evidence.x.shape), model)
     x = evidence.x.to(device)[None]
     xb = evidence.baseline.to(device)[None]
     batch = apply_mask(x, xb, torch.from_numpy(np.stack(masks)).to(device))
@@ -230,7 +235,8 @@ def compare(exp_a: Explanation, exp_b: Explanation, *, image: ImageSource | None
     different parts of it (a crop geometry on one side only, or two different crops). Without
     it both explanations must show the same view, which then stands for the image
     (``shared_region`` 1). Runs four forward passes, two per side in one batch each (own and
-    cross Average Drop); ``pad_to`` pads those batches for a compiled scoring graph.
+    cross Average Drop); ``pad_to`` (default: each model's Score-CAM chunk) pads those batches
+    for the compiled scoring graph.
     """
     explanations = (exp_a, exp_b)
     original, box_a, box_b = _original(explanations, image)
