@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 F = TypeVar("F", bound=Callable)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # Masked inputs per forward on CPU. Bundled model, channels_last, 224², 2-core AMD EPYC shared
 # with other jobs (best-of-repeats images/s; three separate measurements): batch 1/4/8/16/32 →
 # 68/80/60/52/28 (benchmarks/scorecam.py, 1 thread); batch 4/8/16/32 → 207/122/119/72 and
@@ -24,7 +26,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_CHUNK = 4
 GPU_BYTES_PER_SAMPLE = 64e6  # per-sample activation budget when no module is given to measure
 GPU_MEMORY_SHARE = 0.5       # share of the free GPU memory one chunk of masked passes may use
-GPU_MAX_CHUNK = 512
+# Every pass pads its last chunk to the chunk size (one input shape per chunk size, see region.py), so a
+# large chunk wastes up to a chunk of passes per image: 400–1,000 masked passes per image on the bundled
+# model make 256 the cap (≤ 255 padded rows, still near the peak rate on an H200).
+GPU_MAX_CHUNK = 256
 _PROBE_BATCH = 4
 _gpu_chunk_cache: dict[tuple, int] = {}
 
@@ -96,6 +101,29 @@ def auto_chunk_size(device: torch.device, sample_shape: tuple[int, ...], module:
     return 1 << (chunk.bit_length() - 1)
 
 
+MAX_CHUNK = 4096   # the most masked inputs per forward a caller may ask for
+
+
+def check_chunk(chunk_size: int, device: torch.device, sample_shape: tuple[int, ...], module: object | None = None,
+                precision: str = "fp32") -> int:
+    """``chunk_size`` itself when ``device`` can serve it, else a ``ValueError`` with one sentence:
+    it must be 1–:data:`MAX_CHUNK`, and on CUDA a chunk's measured activation memory must fit in
+    the free GPU memory."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk size must be a whole number in 1–{MAX_CHUNK}, got {chunk_size!r}")
+    network = _network(module) if module is not None else None
+    if device.type == "cuda" and network is not None:
+        key = (str(device), id(network), tuple(sample_shape[-3:]), precision, prefers_channels_last(network))
+        if key not in _gpu_chunk_cache:
+            _gpu_chunk_cache[key] = _probe_bytes_per_sample(network, device, key[2], precision)
+        free, _total = torch.cuda.mem_get_info(device)
+        if chunk_size * _gpu_chunk_cache[key] > free:
+            fits = max(1, int(free // _gpu_chunk_cache[key]))
+            raise ValueError(f"a chunk of {chunk_size} masked images needs more GPU memory than is free "
+                             f"({free / 2**30:.1f} GiB); at most about {fits} fit now")
+    return chunk_size
+
+
 def _probe_bytes_per_sample(network: nn.Module, device: torch.device, shape: tuple[int, ...],
                             precision: str) -> int:
     """Peak extra GPU memory per sample of one inference forward at batch :data:`_PROBE_BATCH`."""
@@ -111,17 +139,72 @@ def _probe_bytes_per_sample(network: nn.Module, device: torch.device, shape: tup
     return max(1, int(peak // _PROBE_BATCH))
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` itself when it is one of :data:`PRECISIONS`, else a ``ValueError``."""
+def check_precision(precision: str, device: torch.device | None = None) -> str:
+    """``precision`` itself when it is one of :data:`PRECISIONS` and ``device`` (when given) can serve
+    it, else a ``ValueError`` with one sentence: TF32 exists only on CUDA GPUs (Ampere and newer),
+    bf16 only where the GPU supports it."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device is None:
+        return precision
+    if precision == "tf32" and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8):
+        raise ValueError(f"precision 'tf32' needs a CUDA GPU of the Ampere generation or newer; this is {device}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision 'bf16' is not supported by this GPU; use 'fp16' or 'fp32'")
     return precision
 
 
+class _MathGate:
+    """Process-wide TF32 switches, shared safely by concurrent passes.
+
+    ``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32`` are global
+    flags, read by every convolution and matmul when it runs. Passes that need the same setting
+    enter together; a pass that needs the other setting waits until they have all left. The first
+    pass in sets the flags, the last one out restores the caller's values, so a caller's own flags
+    are as they were once no library pass runs.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._mode: bool | None = None      # the TF32 setting the running passes share
+        self._holders = 0
+        self._saved: tuple[bool, bool] = (False, False)
+
+    @contextlib.contextmanager
+    def hold(self, allow_tf32: bool) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._holders == 0 or self._mode == allow_tf32)
+            if self._holders == 0:
+                self._saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+                self._mode = allow_tf32
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._holders -= 1
+                if self._holders == 0:
+                    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
+                    self._mode = None
+                    self._changed.notify_all()
+
+
+_MATH_GATE = _MathGate()
+
+
+def math_mode(precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """The TF32 setting of a network pass: on only for ``precision="tf32"`` (opt-in), off for every
+    other precision, so ``fp32`` is IEEE fp32 on every device (PyTorch's own default lets cuDNN
+    convolutions use TF32, which moved the maps by up to 1.7e-2 on an H200). Thread-safe, and the
+    caller's flags are restored when no pass of the library runs (:class:`_MathGate`)."""
+    return _MATH_GATE.hold(check_precision(precision) == "tf32")
+
+
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """Reduced-precision autocast for ``bf16`` / ``fp16`` (opt-in, approximate); ``fp32`` is exact
-    and runs with autocast left as it is."""
-    if check_precision(precision) == "fp32":
+    """Reduced-precision autocast for ``bf16`` / ``fp16`` (opt-in, approximate); ``fp32`` and
+    ``tf32`` (a math mode, :func:`math_mode`) run with autocast left as it is."""
+    if check_precision(precision) in ("fp32", "tf32"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -157,6 +240,14 @@ def gpu_decorator(duration: int = 120) -> Callable[[F], F]:
     torch.set_num_threads(1)
 
     def decorate(function: F) -> F:
+        if inspect.isgeneratorfunction(function):   # streams its results out of the worker (spaces' generators)
+            @functools.wraps(function)
+            def streaming_in_worker(*args: object, **kwargs: object) -> Iterator[object]:
+                torch.set_num_threads(worker_threads)
+                yield from function(*args, **kwargs)
+
+            return spaces.GPU(duration=duration)(streaming_in_worker)
+
         @functools.wraps(function)
         def in_worker(*args: object, **kwargs: object) -> object:
             torch.set_num_threads(worker_threads)

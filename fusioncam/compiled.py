@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backend import autocast, check_precision, on_zero_gpu, prefers_channels_last
+from .backend import autocast, check_precision, math_mode, on_zero_gpu, prefers_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,11 @@ class CompiledScorers:
 
     def score(self, network: nn.Module, batch: torch.Tensor, pad_to: int | None = None, precision: str = "fp32",
               enabled: bool = True, label: str = "model") -> torch.Tensor:
-        """``network(batch)`` under inference mode (and ``precision``'s autocast), by the compiled graph
-        for ``batch`` padded to ``pad_to`` rows once it is ready, eagerly until then; the first call
-        of a key starts its compilation when ``enabled``."""
+        """``network(batch)`` under inference mode (and ``precision``'s autocast and TF32 setting,
+        :func:`~fusioncam.backend.math_mode`), with ``batch`` padded to ``pad_to`` rows, so that every
+        call of a caller has one input shape (no new cuDNN plan or graph per image): by the compiled
+        graph of that shape once it is ready, eagerly until then; the first call of a key starts its
+        compilation when ``enabled``."""
         check_precision(precision)
         count = len(batch)
         layout = torch.channels_last if prefers_channels_last(network) else torch.contiguous_format
@@ -162,13 +164,17 @@ class CompiledScorers:
             graph = None
         if graph is None and enabled and self.failure is None:
             self._start(network, key, label)
-        with torch.inference_mode(), autocast(batch.device, precision):
+        with torch.inference_mode(), math_mode(precision), autocast(batch.device, precision):
             if graph is not None:
                 try:
                     return graph(_padded(batch, key.shape[0], layout))[:count]
+                except torch.OutOfMemoryError:   # the request's to handle (a smaller chunk), not the graph's fault
+                    raise
                 except Exception as error:  # a graph must never fail a request: eager from now on
                     self._finish(key, None, error, label, 0.0)
-            return network(batch)
+            if count < key.shape[0]:
+                batch = _padded(batch, key.shape[0], layout)
+            return network(batch)[:count]
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no compilation of this model is running (for benchmarks and tests, never on
@@ -288,7 +294,7 @@ def _compile(replica: nn.Module, key: ScorerKey) -> Callable[[torch.Tensor], tor
     with torch.inference_mode():                          # an inference tensor, as requests pass
         sample = torch.randn(key.shape, generator=generator).to(key.device, key.dtype)
         sample = sample.contiguous(memory_format=layout)
-        with autocast(key.device, key.precision):
+        with math_mode(key.precision), autocast(key.device, key.precision):   # TF32 is fixed at build
             compiled, eager = graph(sample).float(), replica(sample).float()
     error = (compiled - eager).abs().max().item()
     limit = TOLERANCE[key.precision] * max(1.0, eager.abs().max().item())

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,12 +27,14 @@ import torch
 from PIL import Image
 
 from . import fusion
+from .backend import auto_chunk_size, check_chunk, check_precision, math_mode, to_device
 from .baselines import BASELINES, apply_mask, make_baseline
 from .capture import capture_layer
 from .gradient import GRADIENT_METHODS, gradient_map
 from .images import ImageSource, load_image
 from .models import LoadedModel, ModelError
-from .region import region_map, score_channels, top_k_channels
+from .ordering import channel_priority
+from .region import RegionScores, iter_channel_scores, region_map, top_k_channels
 
 MAP_NAMES = ("gradcam", "denoised", "scorecam", "combined", "fusion", "agreement")
 REGION_METHODS = ("scorecam", "scorecam-topk")
@@ -95,6 +98,8 @@ class RegionEvidence:
     scorecam_s: float
     probabilities: Mapping[tuple, float] = field(default_factory=dict)
     scoring_passes: int = 0
+    scored_fraction: float = 1.0         # share of the masked passes made: < 1 is a partial (anytime) record
+    warnings: tuple[str, ...] = ()
     _region: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -113,6 +118,11 @@ class RegionEvidence:
             size = tuple(self.x.shape[-2:])
             self._region.append(region_map(self.activations[None], self.region_scores[None], size)[0])
         return self._region[0]
+
+    @property
+    def final(self) -> bool:
+        """Whether every masked pass has been made (the exact Score-CAM scores)."""
+        return self.scored_fraction >= 1.0
 
     def with_probabilities(self, scored: Mapping[tuple, float]) -> RegionEvidence:
         """A copy that also knows the probabilities in ``scored`` (each one new scoring pass)."""
@@ -183,18 +193,27 @@ def _probabilities(model: LoadedModel, evidences: list[RegionEvidence], requests
     todo = [(i, key, mask) for i, key, mask in requests if key not in evidences[i].probabilities]
     scored: list[dict[tuple, float]] = [{} for _ in evidences]
     device = model.device
-    for start in range(0, len(todo), chunk_size):
-        part = todo[start:start + chunk_size]
+    rows = scoring_rows(len(todo), chunk_size)
+    for start in range(0, len(todo), rows):
+        part = todo[start:start + rows]
         x = torch.stack([evidences[i].x for i, _, _ in part]).to(device)
         xb = torch.stack([evidences[i].baseline for i, _, _ in part]).to(device)
         masks = torch.stack([mask for _, _, mask in part]).to(device)
         targets = torch.tensor([evidences[i].target for i, _, _ in part], device=device)
         with torch.inference_mode():
-            probs = torch.softmax(model(apply_mask(x, xb, masks)).float(), dim=1)
+            probs = torch.softmax(model.score(apply_mask(x, xb, masks), pad_to=rows).float(), dim=1)
             chosen = probs.gather(1, targets[:, None]).squeeze(1).cpu().tolist()
         for (i, key, _), value in zip(part, chosen, strict=True):
             scored[i][key] = value
     return [e.with_probabilities(new) for e, new in zip(evidences, scored, strict=True)]
+
+
+def scoring_rows(count: int, chunk_size: int) -> int:
+    """The batch size of :func:`derive`'s scoring passes for ``count`` masked inputs: the power of
+    two ≥ ``count``, at most ``chunk_size``'s, so these passes use one of a few fixed input shapes
+    (1, 2, 4, …; warmed up at load on a GPU, :meth:`~fusioncam.models.LoadedModel.warm_up_shapes`)."""
+    cap = 1 << max(chunk_size, 1).bit_length() - 1
+    return min(cap, 1 << max(count - 1, 0).bit_length())
 
 
 def _denoised_key(params: FusionParams) -> tuple:
@@ -268,7 +287,7 @@ def _report(model: LoadedModel, e: RegionEvidence, params: FusionParams, weights
     """The JSON-able summary of one explanation."""
     probability = float(torch.softmax(e.logits.float(), dim=0)[e.target])
     pixels = int(e.x.shape[-1] * e.x.shape[-2])
-    warnings = fusion.weight_warnings(weights, params.weights)
+    warnings = [*e.warnings, *fusion.weight_warnings(weights, params.weights)]
     if zeroed == 0 and params.theta > 0:
         warnings.append(f"Denoising at θ = {params.theta:g} changed nothing: more than {params.theta:g} % "
                         "of the Grad-CAM pixels are already zero.")
@@ -295,6 +314,7 @@ def _report(model: LoadedModel, e: RegionEvidence, params: FusionParams, weights
                            "total": 2 + e.masked_passes + e.scoring_passes},
         "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
         "device": str(model.device),
+        "progress": {"scorecam_fraction": e.scored_fraction, "final": e.final},
     }
 
 
@@ -328,7 +348,7 @@ def capture_evidence(model: LoadedModel, images: list[Image.Image], target: int 
     x = torch.stack([inputs for inputs, _ in prepared]).to(device)
     xb = make_baseline(x, baseline, model.mean, model.std)
     started = time.perf_counter()
-    with capture_layer(model.module, layer_module) as record:
+    with math_mode("fp32"), capture_layer(model.module, layer_module) as record:
         logits = model(x).float()
         targets = _targets(target, len(images), logits, model.num_classes)
         score = logits.gather(1, torch.tensor(targets, device=device)[:, None]).sum()
@@ -342,18 +362,21 @@ def capture_evidence(model: LoadedModel, images: list[Image.Image], target: int 
             for i in range(len(images))]
 
 
-def score_regions(model: LoadedModel, evidences: list[GradientEvidence], region_method: str = "scorecam",
-                  top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
-                  progress: Callable[[int, int], None] | None = None, precision: str = "fp32",
-                  ) -> list[RegionEvidence]:
-    """Stage 2, the Score-CAM masked passes for every record at once: one new record each.
+def iter_regions(model: LoadedModel, evidences: list[GradientEvidence], region_method: str = "scorecam",
+                 top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
+                 precision: str = "fp32", stops: tuple[float, ...] = (),
+                 turn: Callable[[], AbstractContextManager] | None = None) -> Iterator[list[RegionEvidence]]:
+    """Stage 2, anytime: the Score-CAM masked passes for every record at once, yielding after each
+    chunk one record per image with the channel scores known so far; the last yield is exact.
 
-    ``region_method="scorecam-topk"`` scores only the ``top_k`` channels with the largest
-    Grad-CAM weights (default 128); ``progress(done, total)`` is called after each chunk;
-    ``precision="bf16"``/``"fp16"`` runs the masked passes under autocast (approximate, opt-in).
+    Channels are scored by :func:`~fusioncam.ordering.channel_priority` (the most telling first), and
+    a partial record is METHOD.md's partial Score-CAM: channels not scored yet get ``α = 0``; its
+    ``scored_fraction`` says how far it is (1 on the last). ``stops`` are fractions of the passes at
+    which a result is yielded however large the chunk; ``turn`` shares the network with other
+    requests (:func:`~fusioncam.region.iter_channel_scores`). ``region_method="scorecam-topk"``
+    scores only the ``top_k`` channels with the largest Grad-CAM weights (default 128);
+    ``precision`` other than ``fp32`` is an opt-in approximation (``tf32``, ``bf16``, ``fp16``).
     """
-    from .backend import auto_chunk_size, to_device
-
     if region_method not in REGION_METHODS:
         raise ValueError(f"unknown region method {region_method!r}; choose one of {', '.join(REGION_METHODS)}")
     if region_method != "scorecam-topk":
@@ -361,24 +384,49 @@ def score_regions(model: LoadedModel, evidences: list[GradientEvidence], region_
     elif top_k is None or top_k < 1:
         top_k = DEFAULT_TOP_K
     device = model.device
+    check_precision(precision, device)
     x = to_device(torch.stack([e.x for e in evidences]), device)
     xb = to_device(torch.stack([e.baseline for e in evidences]), device)
-    activations = to_device(torch.stack([e.activations for e in evidences]), device)
+    activations = torch.stack([e.activations for e in evidences])
+    gradients = torch.stack([e.gradients for e in evidences])
     targets = torch.tensor([e.target for e in evidences], device=device)
-    selected = None
-    if top_k is not None:
-        selected = top_k_channels(torch.stack([e.gradients for e in evidences]).mean(dim=(-2, -1)), top_k)
-    chunk = chunk_size or auto_chunk_size(device, tuple(x.shape[1:]), model, precision)
+    selected = top_k_channels(gradients.mean(dim=(-2, -1)), top_k) if top_k is not None else None
+    chunk = check_chunk(chunk_size, device, tuple(x.shape[1:]), model, precision) if chunk_size else \
+        auto_chunk_size(device, tuple(x.shape[1:]), model, precision)
     started = time.perf_counter()
-    region = score_channels(model, x, xb, activations, targets, chunk, selected, share_flat, progress=progress,
-                            precision=precision)
+    partials = iter_channel_scores(model, x, xb, to_device(activations, device), targets, chunk, selected, share_flat,
+                                   precision=precision, priority=channel_priority(activations, gradients),
+                                   stops=stops, turn=turn)
+    for region in partials:
+        yield _region_records(evidences, region, targets, region_method, top_k,
+                              (time.perf_counter() - started) / len(evidences))
+
+
+def _region_records(evidences: list[GradientEvidence], region: RegionScores, targets: torch.Tensor,
+                    region_method: str, top_k: int | None, seconds: float) -> list[RegionEvidence]:
+    """One :class:`RegionEvidence` per image from (possibly partial) channel scores."""
     base_probs = torch.softmax(region.baseline_logits, dim=1).gather(1, targets[:, None]).squeeze(1).cpu()
-    seconds = (time.perf_counter() - started) / len(evidences)
     scores, masked, flat = region.scores.cpu(), region.masked_passes.tolist(), region.flat_channels.tolist()
-    return [RegionEvidence(gradient=e, region_method=region_method, top_k=top_k, region_scores=scores[i],
+    return [RegionEvidence(gradient=e, region_method=region_method, top_k=top_k, region_scores=scores[i].clone(),
                            baseline_probability=float(base_probs[i]), masked_passes=int(masked[i]),
-                           flat_channels=int(flat[i]), scorecam_s=seconds)
+                           flat_channels=int(flat[i]), scorecam_s=seconds, scored_fraction=region.fraction,
+                           warnings=region.warnings)
             for i, e in enumerate(evidences)]
+
+
+def score_regions(model: LoadedModel, evidences: list[GradientEvidence], region_method: str = "scorecam",
+                  top_k: int | None = None, chunk_size: int | None = None, share_flat: bool = True,
+                  progress: Callable[[int, int], None] | None = None, precision: str = "fp32",
+                  turn: Callable[[], AbstractContextManager] | None = None) -> list[RegionEvidence]:
+    """Stage 2 run to the end (:func:`iter_regions`): one exact record per image;
+    ``progress(done, total)`` is called after each chunk with the masked passes made and due."""
+    for records in iter_regions(model, evidences, region_method, top_k, chunk_size, share_flat, precision,
+                                turn=turn):
+        if progress is not None:
+            first = records[0]
+            total = sum(r.masked_passes for r in records) / max(first.scored_fraction, 1e-12)
+            progress(sum(r.masked_passes for r in records), round(total))
+    return records
 
 
 def gradient_preview(evidence: GradientEvidence, theta: float = 10.0, method: str = "gradcam") -> dict[str, np.ndarray]:
@@ -399,6 +447,9 @@ def explain(model: LoadedModel, image: ImageSource | list[ImageSource], target: 
     ``precision`` other than ``fp32`` speeds up the Score-CAM passes under autocast, approximately.
     """
     params = FusionParams(float(theta), float(strength), weights, gradient_method).validated()
+    check_precision(precision, model.device)
+    if chunk_size is not None:
+        check_chunk(chunk_size, model.device, (3, *model.input_size), model, precision)
     batch = isinstance(image, list)
     images = [load_image(source) for source in (image if batch else [image])]
     if not images:

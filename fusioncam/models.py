@@ -77,6 +77,7 @@ class LoadedModel:
     compile: bool = True   # masked passes by a compiled graph once built in the background (compiled.py)
     scorers: CompiledScorers = field(default_factory=CompiledScorers, repr=False, compare=False)
     geometry: Geometry = field(default_factory=Geometry)
+    _warm_up: object = field(default=None, init=False, repr=False, compare=False)
     _spatial_outputs: OrderedDict[str, LayerShape] = field(init=False, repr=False, compare=False)
     _refusals: dict[str, str] = field(init=False, repr=False, compare=False)
 
@@ -105,6 +106,27 @@ class LoadedModel:
         eagerly until then; ``pad_to`` is the caller's chunk size, so all its calls share one graph."""
         self.forwarded_images += len(batch)
         return self.scorers.score(self.module, batch, pad_to, precision, enabled=self.compile, label=self.name)
+
+    def warm_up_shapes(self) -> list[tuple[int, ...]]:
+        """Run the network once at every input shape an explanation uses, now (see
+        :mod:`fusioncam.warmup`); returns those shapes."""
+        from .warmup import warm_up_shapes
+
+        return warm_up_shapes(self)
+
+    def start_warm_up(self) -> None:
+        """:meth:`warm_up_shapes` in the background, at most once per model (``load_model`` does
+        this on a CUDA device, where every new shape costs seconds)."""
+        from .warmup import ShapeWarmUp
+
+        with self.lock:
+            if self._warm_up is None:
+                self._warm_up = ShapeWarmUp()
+        self._warm_up.start(self)
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Whether the background warm-up has finished (``True`` when none was started)."""
+        return self._warm_up is None or self._warm_up.wait(timeout)
 
     def to(self, device: torch.device | str, channels_last: bool = True) -> LoadedModel:
         """Move the network to ``device`` (eval mode), in place; returns ``self``."""
@@ -405,20 +427,27 @@ def torchvision_geometry(preset: object) -> tuple[tuple[int, int], Geometry]:
 
 
 def load_model(spec: str | LoadedModel = BUNDLED, device: str = "auto", pretrained: bool = True,
-               channels_last: bool = True, max_parameters: int | None = None, compile: bool = True) -> LoadedModel:
+               channels_last: bool = True, max_parameters: int | None = None, compile: bool = True,
+               warm_up: bool = True) -> LoadedModel:
     """Load a bundled ``efficientnet_lite0/1/2`` (offline), ``timm:NAME`` or ``torchvision:NAME`` onto
     ``device`` (``auto``: CUDA, else MPS, else CPU).
 
     ``pretrained=False`` gives random weights (no download), for speed measurements;
     ``max_parameters`` refuses larger hub models before their weights are fetched; ``compile=False``
     keeps the masked passes eager (default: compiled in the background, see :mod:`fusioncam.compiled`).
+    On a CUDA device the network is run once at every input shape an explanation uses, in the
+    background (:mod:`fusioncam.warmup`; ``warm_up=False`` skips it, never on ZeroGPU, where the
+    network only runs inside GPU workers): a visitor's first explanation is then a warm one.
     """
-    from .backend import pick_device
+    from .backend import on_zero_gpu, pick_device
 
     target_device = pick_device(device)
     model = spec if isinstance(spec, LoadedModel) else _load(spec, pretrained, max_parameters)
     model.compile = compile
-    return model.to(target_device, channels_last)
+    model.to(target_device, channels_last)
+    if warm_up and target_device.type == "cuda" and not on_zero_gpu():
+        model.start_warm_up()
+    return model
 
 
 def _load(spec: str, pretrained: bool, max_parameters: int | None) -> LoadedModel:

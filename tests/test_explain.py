@@ -90,7 +90,8 @@ def test_batch_equals_one_by_one(tiny_model: LoadedModel, tiny_image: np.ndarray
         assert together.report["class_index"] == single.report["class_index"]
         for name in MAP_NAMES:
             np.testing.assert_allclose(together.maps[name], single.maps[name], atol=1e-5, err_msg=name)
-        assert together.report["betas"] == pytest.approx(single.report["betas"], abs=1e-6)
+        # float32 sums in another batch composition differ in the last bits: ~1e-6 apart was seen on an AMD EPYC
+        assert together.report["betas"] == pytest.approx(single.report["betas"], abs=1e-5)
 
 
 def test_flat_channel_sharing_equals_scoring_every_channel(tiny_model: LoadedModel, tiny_image: np.ndarray) -> None:
