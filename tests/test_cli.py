@@ -96,3 +96,39 @@ def test_bad_input_gives_exit_code_2_one_line_and_no_output(case: str, tmp_path:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("fusioncam: error: ") and "Traceback" not in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_compare_writes_both_sides_and_b_is_the_second_class_of_one_model(tmp_path: Path, cat_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("compare", str(cat_path), "--device", "cpu", "--strength", "2", "--out", str(out), "--html")
+    assert result.returncode == 0, result.stderr
+    side_a, side_b = (json.loads((out / side / "report.json").read_text()) for side in ("a", "b"))
+    assert side_a["class_name"] == "Egyptian cat" and side_b["class_index"] == side_a["top5"][1]["index"]
+    assert side_a["model"] == side_b["model"] == "efficientnet_lite0"
+    assert side_a["params"]["strength"] == side_b["params"]["strength"] == 2
+    assert sorted(p.name for p in (out / "a").iterdir()) == sorted(
+        [f"{n}.npy" for n in MAP_NAMES] + [f"{n}.png" for n in MAP_NAMES] + ["report.json", "report.html"])
+    record = json.loads((out / "compare.json").read_text())
+    assert list(record) == ["spearman", "iou_top20", "average_drop_a", "average_drop_b", "cross_average_drop_a",
+                            "cross_average_drop_b", "shared_region"]
+    assert -1 <= record["spearman"] <= 1 and 0 <= record["iou_top20"] <= 1 and record["shared_region"] == 1
+    difference = np.load(out / "difference.npy")
+    assert difference.shape == Image.open(cat_path).size[::-1] and difference.dtype == np.float32
+    assert difference.min() >= -1 and difference.max() <= 1
+    page = (out / "compare.html").read_text(encoding="utf-8")
+    words = shlex.split(html.unescape(re.search(r"<pre id=command><code>(.*?)</code>", page, re.S).group(1)))
+    assert words[3] == "compare" and words[words.index("--class-b") + 1] == str(side_b["class_index"])
+
+
+@pytest.mark.parametrize(("extra", "side"), [(["--class-b", "5000"], "side B: class 5000"),
+                                             (["--layer-a", "blocks.99"], "side A: "),
+                                             (["--model-b", "resnet9000"], "side B: unknown model")])
+def test_compare_bad_input_names_the_side_exit_code_2_and_no_output(extra: list[str], side: str, tmp_path: Path,
+                                                                    cat_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("compare", str(cat_path), *extra, "--device", "cpu", "--out", str(out))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"fusioncam: error: {side}") and "Traceback" not in result.stderr
+    assert not out.exists()
