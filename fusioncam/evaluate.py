@@ -37,6 +37,7 @@ from .distributed import Ranks, process_group
 from .explain import FusionParams, GradientEvidence, capture_evidence, derive, score_regions
 from .gradient import GRADIENT_METHODS
 from .images import InputError, load_image
+from .imputation import SOLVERS, default_solver
 from .methods import DEFAULT_METHODS, METHOD_NAMES
 from .metrics import (
     DEFAULT_STEPS,
@@ -142,8 +143,11 @@ def compute_maps(model: LoadedModel, path: Path, methods: Sequence[str], params:
 
 
 def evaluate_image(model: LoadedModel, path: Path, methods: Sequence[str], params: FusionParams, steps: int,
-                   metrics: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
+                   metrics: Sequence[str], progress: Progress | None = None,
+                   road_solver: str | None = None) -> dict[str, Any]:
     """One image's record: prediction, label, and per method its ``metrics`` (and curves).
+    ROAD's imputations use ``road_solver`` (default: the model's device's, see
+    :func:`~fusioncam.imputation.default_solver`).
 
     Without Deletion or Insertion the curves are not kept and are scored with one step (their
     cheapest form), so only the ``1 + 5·M`` passes of ``p(x)`` and ``p(m(x, L))`` remain.
@@ -153,7 +157,7 @@ def evaluate_image(model: LoadedModel, path: Path, methods: Sequence[str], param
     curves = {"deletion", "insertion"} & set(metrics)
     scores = score_maps(model, evidence.x, maps, evidence.target, evidence.baseline, steps if curves else 1,
                         progress=_stage(progress, "scoring"))
-    roads = road(model, evidence.x, evidence.target, maps, progress=_stage(progress, "ROAD")) \
+    roads = road(model, evidence.x, evidence.target, maps, progress=_stage(progress, "ROAD"), solver=road_solver) \
         if "road" in metrics else {}
     label = label_of(path.name)
     first = next(iter(scores.values()))
@@ -283,9 +287,15 @@ def load_previous(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_evaluate(folder: Path, out: Path, *, model: str = BUNDLED, methods: Sequence[str] = DEFAULT_METHODS,
                  metrics: Sequence[str] | None = None, steps: int = DEFAULT_STEPS, theta: float = 10.0,
-                 strength: float = 1.0, device: str = "auto", limit: int | None = None) -> int:
+                 strength: float = 1.0, device: str = "auto", limit: int | None = None,
+                 road_solver: str = "auto") -> int:
     """Score every method on every image of ``folder`` (the first ``limit``), resuming from ``out``
-    when it exists; on one process or on every rank of a ``torchrun`` launch. Returns the exit code."""
+    when it exists; on one process or on every rank of a ``torchrun`` launch. ROAD's imputations
+    are solved by ``road_solver`` (``"auto"``: the device's, see
+    :func:`~fusioncam.imputation.default_solver`; the results agree within 1e-4, so it is recorded
+    in the JSON's ``environment``, not its ``config``). Returns the exit code."""
+    if road_solver not in ("auto", *SOLVERS):
+        raise ValueError(f"--road-solver must be one of auto, {', '.join(SOLVERS)}, got {road_solver!r}")
     if steps < 1:
         raise ValueError(f"--steps must be ≥ 1, got {steps}")
     if limit is not None and limit < 1:
@@ -308,14 +318,15 @@ def run_evaluate(folder: Path, out: Path, *, model: str = BUNDLED, methods: Sequ
                 plan = (str(error), [], [])
         error, names, todo = ranks.broadcast(plan)
         if error is None:
-            return _run(ranks, folder, out, config, params, names, todo, records)
+            return _run(ranks, folder, out, config, params, names, todo, records,
+                        None if road_solver == "auto" else road_solver)
     if ranks.main:                  # after every rank has left the group: one sentence, from rank 0
         raise InputError(error)
     return 2
 
 
 def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: FusionParams, names: list[str],
-         todo: list[str], records: list[dict[str, Any]]) -> int:
+         todo: list[str], records: list[dict[str, Any]], road_solver: str | None) -> int:
     """The rounds over ``todo``: each rank scores its image, rank 0 gathers into ``records``, saves and
     reports."""
     methods, metrics, steps = config["methods"], config["metrics"], config["steps"]
@@ -323,6 +334,8 @@ def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: 
     environment = {"device": str(network.device), "world_size": ranks.world_size, "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "platform": platform.platform(),
                    "processor": platform.processor() or platform.machine()}
+    if "road" in metrics:
+        environment["road_solver"] = road_solver or default_solver(network.device)
     order = {name: index for index, name in enumerate(names)}
     if ranks.main and len(todo) < len(names):
         print(f"resuming {out}: {len(names) - len(todo)} of {len(names)} images already done", file=sys.stderr)
@@ -348,7 +361,8 @@ def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: 
             record = None
             if mine is not None:
                 bar.set_description_str(mine, refresh=False)
-                record = _record(network, folder / mine, methods, params, steps, metrics, progress, ranks.rank)
+                record = _record(network, folder / mine, methods, params, steps, metrics, progress, ranks.rank,
+                                 road_solver)
             gathered = [r for r in ranks.gather(record) if r is not None]
             if ranks.main:
                 for failed in (r for r in gathered if "error" in r):
@@ -373,10 +387,10 @@ def _run(ranks: Ranks, folder: Path, out: Path, config: dict[str, Any], params: 
 
 
 def _record(model: LoadedModel, path: Path, methods: Sequence[str], params: FusionParams, steps: int,
-            metrics: Sequence[str], progress: Progress, rank: int) -> dict[str, Any]:
+            metrics: Sequence[str], progress: Progress, rank: int, road_solver: str | None = None) -> dict[str, Any]:
     """One image's record, or its error when it cannot be read, marked with the rank that made it."""
     try:
-        record = evaluate_image(model, path, methods, params, steps, metrics, progress)
+        record = evaluate_image(model, path, methods, params, steps, metrics, progress, road_solver)
     except InputError as error:
         record = {"file": path.name, "error": str(error)}
     return {**record, "rank": rank}

@@ -220,20 +220,23 @@ def road_removed(saliency: np.ndarray, percentile: float, most_relevant: bool) -
 def road(model: LoadedModel, x: torch.Tensor, target: int, maps: Mapping[str, torch.Tensor | np.ndarray],
          percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = ROAD_NOISE, seed: int = 0,
          chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-         ) -> dict[str, RoadScores]:
+         solver: str | None = None) -> dict[str, RoadScores]:
     """ROAD (Rong et al., 2022) of every map, as METHOD.md defines it.
 
     For each map and each ``p`` in ``percentiles``, the pixels of :func:`road_removed` (MoRF, then
-    LeRF) are filled by :func:`~fusioncam.imputation.impute`, plus noise of standard deviation
+    LeRF) are filled by :func:`~fusioncam.imputation.impute_batch` with ``solver`` (default:
+    :func:`~fusioncam.imputation.default_solver` of the model's device; a map's ``2·P`` masks
+    are solved as one batch, on a GPU every map's at once), plus noise of standard deviation
     ``noise``; the score is ``p(x̃)_c − p(x)_c`` (softmax probabilities of class ``target``).
     The noise is one field ``noise · N(0, 1)`` drawn from ``seed`` and shared by every removal
     (each removed pixel still gets independent noise), so results are deterministic and maps
     are compared under the same noise. ``x`` is ``3×H×W`` normalised, each map ``H×W``. The
-    ``1 + 2·P·M`` images go through the network ``chunk_size`` at a time;
-    ``progress(done, total)`` counts the sparse solves and the forward chunks.
+    ``1 + 2·P·M`` images go through the network in chunks of ``chunk_size``, every forward
+    padded to that size (one input shape); ``progress(done, total)`` counts the imputations
+    and the forward chunks.
     """
     from .backend import auto_chunk_size
-    from .imputation import impute
+    from .imputation import SOLVERS, default_solver, impute_batch
 
     if not maps:
         raise ValueError("no maps to score")
@@ -241,42 +244,47 @@ def road(model: LoadedModel, x: torch.Tensor, target: int, maps: Mapping[str, to
         raise ValueError(f"ROAD percentiles must be in [0, 100], got {list(percentiles)}")
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"the ROAD noise must be a finite number ≥ 0, got {noise}")
+    device = model.device
+    solver = solver or default_solver(device)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown ROAD solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     image = x.detach().to("cpu", torch.float32)
     arrays = {name: np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float32)
               for name, m in maps.items()}
     for array in arrays.values():
         if array.shape != tuple(image.shape[1:]):
             raise ValueError(f"maps of shape {array.shape} do not match the input's {tuple(image.shape[1:])}")
-    device = model.device
     chunk = chunk_size or auto_chunk_size(device, tuple(image.shape), model)
     if chunk < 1:
         raise ValueError(f"chunk size must be ≥ 1, got {chunk}")
     field = noise * torch.randn(image.shape, generator=torch.Generator().manual_seed(seed)) if noise > 0 else None
+    source = image.to(device) if solver == "torch" else image
     solves = 2 * len(percentiles) * len(arrays)
     total, done = solves + -(-(solves + 1) // chunk), 0
-    pending, probabilities = [image], []
+    queue, probabilities = image[None].to(device), []
 
-    def forward() -> None:
-        nonlocal done
-        batch = torch.stack(pending).to(device)
+    def forward(rows: int) -> None:
+        nonlocal queue, done
+        batch, queue = queue[:rows], queue[rows:]
         with torch.inference_mode():
             probabilities.append(torch.softmax(model.score(batch, chunk).float(), dim=1)[:, target].cpu().double())
-        pending.clear()
         done += 1
-
-    for saliency in arrays.values():
-        for most_relevant in (True, False):
-            for p in percentiles:
-                pending.append(impute(image, road_removed(saliency, p, most_relevant), field))
-                done += 1
-                if len(pending) == chunk:
-                    forward()
-                if progress is not None:
-                    progress(done, total)
-    if pending:
-        forward()
         if progress is not None:
             progress(done, total)
+
+    names = list(arrays)
+    group = len(names) if device.type == "cuda" else 1      # maps whose masks are solved as one batch
+    for start in range(0, len(names), group):
+        masks = np.stack([road_removed(arrays[name], p, most_relevant) for name in names[start:start + group]
+                          for most_relevant in (True, False) for p in percentiles])
+        queue = torch.cat([queue, impute_batch(source, masks, field, solver).to(device)])
+        done += len(masks)
+        if progress is not None:
+            progress(done, total)
+        while len(queue) >= chunk:
+            forward(chunk)
+    if len(queue):
+        forward(len(queue))
     values = torch.cat(probabilities).numpy()
     differences = (values[1:] - values[0]).reshape(len(arrays), 2, len(percentiles))
     return {name: RoadScores(tuple(percentiles), differences[m, 0].copy(), differences[m, 1].copy())
