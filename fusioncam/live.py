@@ -57,7 +57,9 @@ def live_payload(explanation: Explanation, generation: int, display: Image.Image
     float32, base64); ``strength``: the explanation's λ; ``generation``: the server's counter
     (a page never lets a lower one overwrite a picture it drew from a higher one); ``key``:
     the generation plus a digest of the maps, naming exactly this fusion input; ``colormap``
-    and ``opacity``: how the server drew it; ``image``: the photo the overlays are drawn on.
+    and ``opacity``: how the server drew it; ``image``: the photo the overlays are drawn on;
+    ``progress``: the report's ``{"scorecam_fraction", "final"}`` (a partial, anytime update or the
+    exact explanation).
     """
     l1, l2 = kept_maps(explanation)
     digest = hashlib.sha1(l1.tobytes() + l2.tobytes()).hexdigest()[:12]
@@ -73,6 +75,7 @@ def live_payload(explanation: Explanation, generation: int, display: Image.Image
         "colormap": colormap,
         "opacity": float(opacity),
         "image": _jpeg_data_url(display),
+        "progress": dict(explanation.report.get("progress", {"scorecam_fraction": 1.0, "final": True})),
     }
 
 

@@ -115,11 +115,18 @@ def test_moves_while_a_new_image_is_explained_never_bring_back_the_old_one(page:
     first_line_a = wait_for_summary(page, "disagree").split("\n")[0]
     wait_for_new_map(page, "fusion", None)
     generation_a = int(page.evaluate("document.querySelector('#map-fusion .fc-live').dataset.generation"))
+    shown_a = {name: map_version(page, name) for name in ("gradcam", "scorecam", "combined")}
+
+    def not_a(name: str) -> bool:   # empty, or a (partial) map of B: never A's
+        if name in LIVE:
+            card = page.evaluate(f"({{...document.querySelector('#map-{name} .fc-live').dataset}})")
+            return card["state"] != "drawn" or int(card["generation"]) > generation_a
+        return map_version(page, name) != shown_a[name]
 
     page.locator("#input-image input[type=file]").set_input_files(str(COFFEE))     # B: explained at once
-    wait_for_summary(page, "Score-CAM is now masking")
+    wait_for_new_map(page, "gradcam", shown_a["gradcam"])
     for name in ("scorecam", "combined", "fusion", "agreement"):
-        assert map_version(page, name) is None, f"{name} still shows image A while B is explained"
+        assert not_a(name), f"{name} still shows image A while B is explained"
     theta = page.locator("#theta input[type=number]")
     theta.fill("30")
     theta.press("Enter")
@@ -127,7 +134,7 @@ def test_moves_while_a_new_image_is_explained_never_bring_back_the_old_one(page:
         "(slider) => { for (const v of [2, 3]) { slider.value = v; "
         "slider.dispatchEvent(new Event('input', {bubbles: true})); } }")
     for name in ("scorecam", "fusion"):
-        assert map_version(page, name) is None, f"{name} shows image A again after a move during B"
+        assert not_a(name), f"{name} shows image A again after a move during B"
 
     summary = wait_for_summary(page, "θ = 30 ")
     wait_for_summary(page, "disagree")
@@ -137,3 +144,27 @@ def test_moves_while_a_new_image_is_explained_never_bring_back_the_old_one(page:
     card = page.evaluate("({...document.querySelector('#map-fusion .fc-live').dataset})")
     assert card["state"] == "drawn" and int(card["generation"]) > generation_a
     assert float(card["strength"]) == 3.0
+
+
+def test_score_cam_streams_partial_maps_then_says_done(page: Any, tmp_path: Path) -> None:
+    """An image of the visitor's own (no kept copy): partial Score-CAM maps with their progress
+    while #explain-state reads "partial", then the exact maps and "done"."""
+    from PIL import Image, ImageOps
+
+    upload = tmp_path / "mirrored-coffee.png"
+    ImageOps.mirror(Image.open(COFFEE).convert("RGB")).save(upload)
+    page.locator("#input-image input[type=file]").set_input_files(str(upload))
+    page.wait_for_function("() => document.querySelector('#explain-state').textContent.trim() === 'partial'",
+                           timeout=SLOW_MS)
+    label = page.locator("#map-fusion .fc-label").inner_text()
+    assert "Score-CAM:" in label and "% of channels" in label
+    assert page.locator("#map-scorecam img").count() == 1          # a partial Score-CAM picture is on show
+    page.screenshot(path=str(tmp_path / "partial.png"), full_page=True)
+    page.wait_for_function("() => document.querySelector('#explain-state').textContent.trim() === 'done'",
+                           timeout=SLOW_MS)
+    assert page.locator("#map-fusion .fc-label").inner_text() == "⑤ Fusion-CAM"
+    wait_for_summary(page, "disagree")
+    page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
+    if os.environ.get("FUSIONCAM_SCREENSHOTS"):
+        for name in ("partial.png", "done.png"):
+            (Path(os.environ["FUSIONCAM_SCREENSHOTS"]) / name).write_bytes((tmp_path / name).read_bytes())

@@ -141,7 +141,7 @@ def test_math_mode_lets_like_passes_share_and_makes_the_other_wait() -> None:
 def test_what_the_machine_cannot_serve_is_refused_before_any_work(tiny_model: LoadedModel,
                                                                   tiny_image: np.ndarray) -> None:
     before = tiny_model.forwarded_images
-    with pytest.raises(ValueError, match="tf32.*CUDA"):
+    with pytest.raises(ValueError, match=r"tf32.*CUDA"):
         explain(tiny_model, tiny_image, precision="tf32")
     with pytest.raises(ValueError, match="unknown precision"):
         explain(tiny_model, tiny_image, precision="fp64")

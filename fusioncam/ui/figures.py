@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from fusioncam.explain import MAP_NAMES
 from fusioncam.render import overlay
@@ -29,6 +29,18 @@ def overlays(display: Image.Image, maps: dict[str, np.ndarray], colormap: str, o
              names: tuple[str, ...] = MAP_NAMES) -> list[np.ndarray]:
     """Each named map drawn over the display image (uint8 RGB, the display image's size)."""
     return [overlay(display, maps[name], colormap, opacity) for name in names]
+
+
+def captioned(picture: np.ndarray, caption: str) -> np.ndarray:
+    """``picture`` (uint8 RGB) with ``caption`` on a dark band across its top: a partial map says
+    how far it is on the picture itself, so the API's image outputs stay plain pictures."""
+    image = Image.fromarray(picture)
+    size = max(12, image.width // 28)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(image, "RGBA")
+    draw.rectangle((0, 0, image.width, int(size * 1.6)), fill=(0, 0, 0, 170))
+    draw.text((size // 2, size // 4), caption, fill=(255, 255, 255, 255), font=font)
+    return np.asarray(image)
 
 
 def value_range(values: list[float], headroom: float = 0.2) -> list[float]:

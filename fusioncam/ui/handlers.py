@@ -12,6 +12,7 @@ Every failure reaches the page as one plain sentence (a ``gr.Error``), never a s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import tempfile
@@ -28,11 +29,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from fusioncam.backend import on_zero_gpu
 from fusioncam.capture import CaptureError
-from fusioncam.explain import MAP_NAMES, FusionParams, gradient_preview
+from fusioncam.explain import MAP_NAMES, FusionParams, RegionEvidence, gradient_preview
 from fusioncam.images import load_image
 from fusioncam.live import blank_payload, disagreement_share, live_payload
-from fusioncam.models import LoadedModel
+from fusioncam.models import BUNDLED, LoadedModel
 
 from . import compute, figures, text
 from .catalog import (
@@ -45,6 +47,7 @@ from .catalog import (
     parse_model,
     parse_target,
 )
+from .examples import ExampleCache
 from .export import export_html, export_zip
 from .faithfulness import HEADERS
 from .session import KEPT_SIDE, Generations, Request, Session, display_image, file_digest
@@ -54,6 +57,7 @@ EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP
 REFINE_OUTPUTS = ("session", "summary", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover", "report")
 COMMIT_OUTPUTS = ("session", "summary", "hover", "report")
 LIVE_MAPS = ("fusion", "agreement")   # drawn by the page itself from one payload (fusioncam.ui.live)
+REGION_CARDS = ("scorecam", "combined")   # static cards that a partial (anytime) update redraws
 FAITHFULNESS_OUTPUTS = ("faithfulness-status", "faithfulness-table", "deletion-curves", "insertion-curves")
 NO_IMAGE = "Please upload an image first (or click one of the examples below it)."
 NOTHING_TO_SCORE = "Explain an image first (on the Explain tab); then its maps can be scored here."
@@ -64,6 +68,11 @@ EXPORT_DIR = Path(tempfile.gettempdir()) / "fusioncam-exports"
 EXPORT_MAX_AGE_S = 3600
 PROGRESS = gr.Progress()   # Gradio finds the progress bar by this default value
 GENERATIONS = Generations()
+EXAMPLE_IMAGES = sorted(str(path) for path in (Path(__file__).resolve().parents[2] / "assets").glob("*.jpg"))
+EXAMPLES = ExampleCache(EXAMPLE_IMAGES, BUNDLED)
+WAIT_POLL_S = 0.25   # how often a waiting request's estimate is refreshed
+MAX_WAIT_NOTICE_S = 60.0   # … for at most this long; then the request queues for its turn silently
+_REQUESTS = itertools.count()   # numbers each request: its owner name for the scheduler
 LOG = logging.getLogger(__name__)
 
 
@@ -105,11 +114,17 @@ def _live_payload(session: Session) -> dict[str, Any]:
 
 
 def _pictures(session: Session, names: Sequence[str] = MAP_NAMES) -> list[Any]:
-    """The values of the ``map-*`` outputs in ``names``: overlays drawn here for the static maps,
-    one payload for the live cards (the page itself fuses and draws them, following λ)."""
+    """The values of the ``map-*`` outputs in ``names``: overlays drawn here for the static maps
+    (the region-based ones with Score-CAM's progress written on them while it is partial), one
+    payload for the live cards (the page itself fuses and draws them, following λ, and shows the
+    progress in their captions)."""
     static = [name for name in names if name not in LIVE_MAPS]
     drawn = dict(zip(static, figures.overlays(session.display, session.maps, session.colormap, session.opacity,
                                               tuple(static)), strict=True))
+    progress = session.report.get("progress")
+    if progress is not None and not progress["final"]:
+        for name in set(REGION_CARDS) & set(drawn):
+            drawn[name] = figures.captioned(drawn[name], text.progress_caption(progress))
     payload = _live_payload(session) if set(names) & set(LIVE_MAPS) else None
     return [drawn.get(name, payload) for name in names]
 
@@ -170,15 +185,46 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
 
 def _explain_anew(key: str, wanted: Request, picture: Image.Image, model: LoadedModel, params: FusionParams,
                   colormap: str, opacity: float, progress: gr.Progress) -> Iterator[tuple]:
-    """The network stages of :func:`explain` for ``wanted``: the gradient maps, then Score-CAM and
-    the rest, under a new generation of session ``key`` once the gradient pass has succeeded."""
+    """The network stages of :func:`explain` for ``wanted``: the gradient maps, then Score-CAM's
+    anytime updates and the exact explanation last, under a new generation of session ``key`` once
+    the gradient pass has succeeded. Every pass is a turn of the process's scheduler
+    (:data:`compute.SCHEDULER`): the gradient stage ahead of every Score-CAM chunk, the chunks round
+    robin with other visitors'. An example under the default settings comes from the kept copy."""
+    owner = f"{key}#{next(_REQUESTS)}"
+    try:
+        kept_example = EXAMPLES.get(wanted, model)
+        if kept_example is not None:
+            yield from _from_kept(key, wanted, kept_example, model, params, colormap, opacity)
+            return
+        yield from _compute_anew(key, owner, wanted, picture, model, params, colormap, opacity, progress)
+    finally:
+        compute.SCHEDULER.done(owner)
+
+
+def _from_kept(key: str, wanted: Request, evidence: RegionEvidence, model: LoadedModel, params: FusionParams,
+               colormap: str, opacity: float) -> Iterator[tuple]:
+    """An explanation from kept evidence (an example): re-fused, no Score-CAM."""
+    with user_errors():
+        evidence, maps, report = compute.refuse(wanted.model, evidence, params)
+        generation = GENERATIONS.begin(key)
+    session = Session(wanted, generation, evidence, params, maps, report, display_image(evidence.image), colormap,
+                      opacity)
+    *outputs, _target, _layer = _finished(session)
+    yield (*outputs, gr.update(choices=class_choices(model.class_names, report["top5"]), value=TOP_CLASS),
+           gr.update(choices=layer_choices(model), value=DEFAULT_LAYER))
+
+
+def _compute_anew(key: str, owner: str, wanted: Request, picture: Image.Image, model: LoadedModel,
+                  params: FusionParams, colormap: str, opacity: float, progress: gr.Progress) -> Iterator[tuple]:
+    """Grad-CAM, then the honest wait for Score-CAM's first turn, then its updates."""
     spec, target_index, layer_name = wanted.model, wanted.target, wanted.layer
     with user_errors():
         progress(0.02, desc="Grad-CAM: one pass through the network…")
-        evidence = compute.gather_gradients(spec, picture, target_index, layer_name, wanted.baseline)
+        evidence = compute.gather_gradients(spec, picture, target_index, layer_name, wanted.baseline, owner)
         # Only a request that got this far replaces the current explanation: one refused before
         # (a bad file, layer or class) leaves the page and its explanation as they were.
         generation = GENERATIONS.begin(key)
+    started = time.monotonic()
     display = display_image(evidence.image)
     top5 = evidence.top_predictions(model.class_names)
     preview = gradient_preview(evidence, params.theta, params.gradient_method)
@@ -189,18 +235,54 @@ def _explain_anew(key: str, wanted: Request, picture: Image.Image, model: Loaded
            None, None, blank, blank, None, None, None,
            gr.update(choices=class_choices(model.class_names, top5), value=target_value),
            gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
+    yield from _wait_for_first_turn(owner, progress)
+    kept = replace(evidence, image=display_image(evidence.image, KEPT_SIDE))  # a bounded copy
+    updates = compute.stream_regions(spec, kept, wanted.region_method, wanted.top_k, params, owner)
     try:
         with user_errors():
-            kept = replace(evidence, image=display_image(evidence.image, KEPT_SIDE))  # a bounded copy
-            regions, maps, report = compute.gather_regions(spec, kept, wanted.region_method, wanted.top_k, params)
+            for regions, maps, report in updates:
+                if not GENERATIONS.is_current(key, generation):   # a newer explanation replaced this one
+                    yield _unchanged()
+                    return
+                session = Session(wanted, generation, regions, params, maps, report, display, colormap, opacity)
+                if regions.final:
+                    EXAMPLES.offer(wanted, model, regions)
+                    yield _finished(session)
+                else:
+                    yield _partial(session, time.monotonic() - started)
     except gr.Error as error:
         if GENERATIONS.is_current(key, generation):
             yield _failed(str(error), generation)
         raise
-    if GENERATIONS.is_current(key, generation):
-        yield _finished(Session(wanted, generation, regions, params, maps, report, display, colormap, opacity))
-    else:
-        yield _unchanged()
+    finally:
+        updates.close()
+
+
+def _wait_for_first_turn(owner: str, progress: gr.Progress) -> Iterator[tuple]:
+    """While other requests' Score-CAM goes before this one's first chunk: say how many and about
+    how long, as it changes (nothing when none does, and never under ZeroGPU, where the GPU
+    calls queue outside this process). It only informs: the scheduler's turns decide the order,
+    so it stops as soon as nothing runs, and after :data:`MAX_WAIT_NOTICE_S` at most."""
+    shown, deadline = None, time.monotonic() + MAX_WAIT_NOTICE_S
+    while not on_zero_gpu() and time.monotonic() < deadline:
+        wait = compute.SCHEDULER.ahead_of(owner)
+        if wait.requests_ahead == 0 or not compute.SCHEDULER.busy():   # nobody ahead is running: go
+            return
+        words = text.waiting_summary(wait.requests_ahead, wait.seconds)
+        if words != shown:
+            progress(0.03, desc=words.splitlines()[-1])
+            yield (gr.skip(), words, *(gr.skip() for _ in EXPLAIN_OUTPUTS[2:]))
+            shown = words
+        time.sleep(WAIT_POLL_S)
+
+
+def _partial(session: Session, seconds: float) -> tuple:
+    """The :data:`EXPLAIN_OUTPUTS` values of an anytime update: the region-based maps (③–⑥) from the
+    channels scored so far, captioned with the progress, and its report; the session keeps its
+    last exact explanation until the final update."""
+    pictures = _pictures(session, ("scorecam", "combined", *LIVE_MAPS))
+    return (gr.skip(), text.partial_summary(session.report, seconds), gr.skip(), gr.skip(), gr.skip(), *pictures,
+            figures.weights_figure(session.report), gr.skip(), session.report, gr.skip(), gr.skip())
 
 
 def _unchanged() -> tuple:

@@ -11,11 +11,15 @@
 // trigger('commit', {strength, generation, key}), CONFIG.debounceMs after the last move of the
 // slider (input or change: a drag, a key press or a held key, a typed number), and never for a λ
 // the server already has, so the last value always arrives and a drag costs one request.
+// The controls followed: #strength, #colormap and #opacity, unless CONFIG.controls names others.
+const IDS = { strength: "strength", colormap: "colormap", opacity: "opacity", ...(CONFIG.controls || {}) };
 const root = element.querySelector(".fc-live");
 const canvas = root.querySelector(".fc-canvas");
 const empty = root.querySelector(".fc-empty");
 const ramp = root.querySelector(".fc-ramp");
 const note = root.querySelector(".fc-note");
+const label = root.querySelector(".fc-label");
+const labelText = label.textContent;
 const luts = {};
 for (const [name, hex] of Object.entries(CONFIG.luts)) {
   luts[name] = Uint8Array.from(hex.match(/../g), (pair) => parseInt(pair, 16));
@@ -45,18 +49,18 @@ function number(text, fallback) {
 }
 
 function sliderStrength(fallback) {
-  const range = control("strength", "range");
+  const range = control(IDS.strength, "range");
   return range ? number(range.value, fallback) : fallback;
 }
 
 function clampToSlider(value) {
-  const range = control("strength", "range");
+  const range = control(IDS.strength, "range");
   if (!range) return Math.max(0, value);
   return Math.min(number(range.max, Infinity), Math.max(number(range.min, 0), value));
 }
 
 function currentColormap(fallback) {
-  const box = control("colormap");
+  const box = control(IDS.colormap);
   if (!box) return fallback;
   const text = box.value.trim();
   const name = CONFIG.labels[text] ?? text.split(/\s/)[0].toLowerCase();
@@ -64,7 +68,7 @@ function currentColormap(fallback) {
 }
 
 function currentOpacity(fallback) {
-  const range = control("opacity", "range");
+  const range = control(IDS.opacity, "range");
   return range ? Math.min(1, Math.max(0, number(range.value, fallback))) : fallback;
 }
 
@@ -193,10 +197,22 @@ function repaint() {
   });
 }
 
+// A partial (anytime) payload names its progress in the card's label; the card that owns the page's
+// #explain-state (CONFIG.stateElement) says there whether the maps on show are "partial" or "done".
+function showProgress(progress) {
+  const partial = progress && !progress.final;
+  label.textContent = partial
+    ? `${labelText} · Score-CAM: ${Math.floor(100 * progress.scorecam_fraction)} % of channels` : labelText;
+  root.dataset.progress = progress ? (progress.final ? "final" : String(progress.scorecam_fraction)) : "";
+  const target = CONFIG.stateElement && document.getElementById(CONFIG.stateElement);
+  if (target) target.textContent = progress ? (progress.final ? "done" : "partial") : "";
+}
+
 function clear(generation) {
   state.data = null; state.fused = null; state.share = null;
   canvas.width = 0; canvas.height = 0;
   canvas.hidden = true; empty.hidden = false; note.textContent = "";
+  showProgress(null);
   root.dataset.state = "empty";
   if (generation !== undefined) root.dataset.generation = generation;
   delete root.dataset.key;
@@ -238,6 +254,7 @@ async function show(payload) {
     canvas.width = data.photoWidth; canvas.height = data.photoHeight;
   }
   canvas.hidden = false; empty.hidden = true;
+  showProgress(payload.progress ?? { scorecam_fraction: 1, final: true });
   repaint();
   if (Math.abs(state.strength - data.strength) > 1e-9) scheduleCommit();   // the slider moved meanwhile
 }
@@ -255,7 +272,7 @@ function onControl(event) {
   if (!root.isConnected) { for (const type of EVENTS) document.removeEventListener(type, onControl, true); return; }
   const target = event.target;
   if (!(target instanceof Element)) return;
-  if (target.closest("#strength") && target.matches("input") && (event.type === "input" || event.type === "change")) {
+  if (target.closest(`#${IDS.strength}`) && target.matches("input") && (event.type === "input" || event.type === "change")) {
     const value = parseFloat(target.value);
     if (!Number.isFinite(value)) return;
     const strength = clampToSlider(value);
@@ -263,10 +280,10 @@ function onControl(event) {
     state.strength = strength;
     if (moved && state.data) timed(event);
     scheduleCommit();
-  } else if (target.closest("#opacity") && target.matches("input") && (event.type === "input" || event.type === "change")) {
+  } else if (target.closest(`#${IDS.opacity}`) && target.matches("input") && (event.type === "input" || event.type === "change")) {
     state.opacity = currentOpacity(state.opacity);
     if (state.data) timed(event);
-  } else if (target.closest("#colormap") || event.type === "click" || event.type === "keydown") {
+  } else if (target.closest(`#${IDS.colormap}`) || event.type === "click" || event.type === "keydown") {
     // A dropdown sets its box's text without an event of its own: look once the page has settled.
     setTimeout(() => {
       const colormap = currentColormap(state.colormap);

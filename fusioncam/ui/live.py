@@ -80,27 +80,36 @@ MAP_GRID_CSS = """
 """
 
 
-def _script(kind: str) -> str:
+def _script(kind: str, state_element: str | None = None, controls: dict[str, str] | None = None) -> str:
     """The card's ``js_on_load``: its settings, the colour tables of :mod:`fusioncam.render`, then live.js."""
     names = [*COLORMAPS, AGREEMENT_COLORMAP]
     config = {
         "kind": kind,
+        "stateElement": state_element,
         "luts": {name: colour_table(name).tobytes().hex() for name in names},
         "labels": {label: name for label, name in COLORMAP_CHOICES},
         "agreementColormap": AGREEMENT_COLORMAP,
         "threshold": DISAGREEMENT_THRESHOLD,
         "debounceMs": COMMIT_DELAY_MS,
     }
+    if controls:   # the elem_ids of the λ slider, colour map and opacity followed instead of the Explain tab's
+        config["controls"] = controls
     return f"const CONFIG = {json.dumps(config)};\n{SCRIPT}"
 
 
-def live_map(kind: str, label: str) -> gr.HTML:
+def live_map(kind: str, label: str, state_element: str | None = None, elem_id: str | None = None,
+             controls: dict[str, str] | None = None) -> gr.HTML:
     """A live map card (``kind`` "fusion" → ``#map-fusion``, "agreement" → ``#map-agreement``),
-    empty until its value is set to a payload."""
+    empty until its value is set to a payload. A payload with ``progress`` (a partial, anytime
+    update) shows it in the card's label; the card writes ``partial`` or ``done`` into the element
+    with id ``state_element`` (empty while it has no maps), when given. ``elem_id`` replaces the
+    card's own id; ``controls`` maps any of ``strength``, ``colormap``, ``opacity`` to the ``elem_id``
+    of the control the card follows instead (one not on the page leaves the payload's value)."""
     if kind not in KINDS:
         raise ValueError(f"unknown live map {kind!r}; choose one of {', '.join(KINDS)}")
     empty = "The fused map appears here." if kind == "fusion" else "Where the two views agree appears here."
     template = TEMPLATE.format(kind=kind, label=label, empty=empty, ticks=TICKS[kind])
-    return gr.HTML(None, html_template=template, css_template=CARD_CSS, js_on_load=_script(kind),
-                   apply_default_css=False, container=True, elem_id=KINDS[kind])
+    script = _script(kind, state_element, controls)
+    return gr.HTML(None, html_template=template, css_template=CARD_CSS, js_on_load=script,
+                   apply_default_css=False, container=True, elem_id=elem_id or KINDS[kind])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fusioncam.explain import GradientEvidence
@@ -11,7 +12,39 @@ See **why** an image classifier made its prediction. Upload a picture (or pick a
 app colours the parts of the image that drove the decision, computed by two different families
 of methods and then fused into one map: **Fusion-CAM**
 ([arXiv 2603.05386](https://arxiv.org/abs/2603.05386)).
-*Your uploads are kept for one hour, for your browser session only; other visitors never see them.*"""
+*Your uploads are kept for one hour, for your browser session only; other visitors never see them, except
+that a link you share shows that one explanation (its image, maps and settings) to whoever holds it, for an hour.*"""
+
+MAP_CAPTIONS = {
+    "gradcam": "① Grad-CAM",
+    "denoised": "② Denoised",
+    "scorecam": "③ Score-CAM",
+    "combined": "④ Combined",
+    "fusion": "⑤ Fusion-CAM",
+    "agreement": "⑥ Agreement",
+}
+
+
+def progress_caption(progress: dict[str, Any]) -> str:
+    """How far a partial (anytime) map is: ``Score-CAM: 18 % of channels``."""
+    return f"Score-CAM: {int(100 * progress['scorecam_fraction'])} % of channels"
+
+
+def partial_summary(report: dict[str, Any], seconds: float) -> str:
+    """The summary while Score-CAM's maps are partial: how far it is and what changes from here."""
+    share = report["progress"]["scorecam_fraction"]
+    return (f"### Explaining **{report['class_name']}** ({report['probability']:.1%}) — Score-CAM "
+            f"{int(100 * share)} % done after {seconds:.0f} s\n"
+            "Maps ③–⑥ are drawn from the channels scored so far (the most telling first) and sharpen "
+            "as the rest come in; the last update is the exact explanation.")
+
+
+def waiting_summary(requests_ahead: int, seconds: float) -> str:
+    """What a request waits for before its first Score-CAM pass."""
+    others = "1 explanation" if requests_ahead == 1 else f"{requests_ahead} explanations"
+    return (f"### Grad-CAM is ready; Score-CAM starts soon\n{others} before yours, about {max(1, round(seconds))} s "
+            "(the server shares its processor fairly between visitors).")
+
 
 HOW_TO_READ = """
 **Colours.** Each picture is the image with a heat map on top: warm colours (red/yellow in the default
@@ -59,6 +92,11 @@ your browser at once; the server learns the new λ a quarter of a second after y
 STALE_SCORES = ("A new explanation started while these maps were being scored, so their scores were not shown; "
                 "press the button again to score the new maps.")
 WAITING = "Upload an image or click an example to start; the maps appear in a few seconds."
+
+SHARE_OFF = "Sharing links is turned off on this app."
+NOTHING_TO_SHARE = "Explain an image first; then a link can reopen its maps."
+SHARE_BUSY = "A new explanation is being computed; share it once its maps are shown."
+BAD_LINK = "This shared link has expired or is not valid, so the explorer opens empty."
 
 FAITHFULNESS_INTRO = """
 **Does the map really show what the model used?** A heat map can look convincing and still be wrong, so
@@ -116,3 +154,75 @@ def faithfulness_status(report: dict[str, Any], probability: float, n_steps: int
     return (f"Scores for **{report['class_name']}** (class {report['class_index']}) on model `{report['model']}`, "
             f"p(x) = {probability:.1%} · θ = {params['theta']:g}, λ = {params['strength']:g}, "
             f"{params['weights']} weights · {n_steps} deletion/insertion steps.")
+
+
+def share_note(expires: float, capacity: int) -> str:
+    """Under a new link: who sees what, and until when (``expires``: epoch seconds)."""
+    return (f"Anyone with this link sees this explanation (the image, its maps and settings) until "
+            f"**{_clock(expires)}**, an hour from when it was first shared; after that the link opens the empty "
+            f"explorer. The app keeps at most {capacity} shared explanations, dropping the least recently used "
+            "first, so on a busy app a link can end sooner. The link holds nothing but a random key.")
+
+
+def opened_note(expires: float) -> str:
+    """Above a reopened explanation: where it came from, and until when the link works."""
+    return f"You opened a shared link: this explanation is kept until **{_clock(expires)}**."
+
+
+def _clock(epoch: float) -> str:
+    """``epoch`` as the server's UTC time of day and date: ``14:05 UTC (4 Dec)``."""
+    moment = time.gmtime(epoch)
+    return f"{time.strftime('%H:%M', moment)} UTC ({moment.tm_mday} {time.strftime('%b', moment)})"
+
+
+COMPARE_INTRO = """
+**Two explanations side by side.** One image, two sides: each has its own model, class and layer. Side A
+starts on the model's top prediction and side B on its second most probable class, so comparing two classes
+is one click; pick another model for B and B starts on that model's own top prediction. One fusion strength
+λ serves both sides, so the comparison is fair. Between the sides, the **difference** N(F_A) − N(F_B) shows
+where A looks more (red) and where B looks more (blue), and the numbers say how alike the two maps are and
+whether each side's evidence convinces the other side's model. When the two models see different parts of
+the image (Lite0 squashes the whole image; Lite1 and Lite2 crop its centre), both maps are drawn on the whole
+image and compared on the part both models saw; the rest is dimmed. Changing one side recomputes that side only.
+"""
+COMPARE_WAITING = "Upload an image or click an example: both sides are explained, then compared."
+COMPARE_MODEL_WAIT = ("Waiting for a free model slot: the app keeps at most two models loaded, and both are in use "
+                      "by other requests right now; this comparison starts as soon as one is free.")
+COMPARE_NO_IMAGE = "Please upload an image first (or click one of the examples below it); both sides explain it."
+
+
+def compare_status(recomputed: list[str]) -> str:
+    """The Compare tab's status line while ``recomputed`` sides (``"A"``, ``"B"``) are being explained."""
+    sides = " and ".join(f"side {name}" for name in recomputed)
+    return f"Explaining {sides}: Grad-CAM first, then Score-CAM (the slow part); the comparison follows."
+
+
+def compare_done(report_a: dict[str, Any], report_b: dict[str, Any], shared: float) -> str:
+    """The Compare tab's status line once both sides are compared (``shared``: the region both saw)."""
+    seen = ("both models saw the whole image" if shared >= 0.999 else
+            f"the maps are compared on the {shared:.0%} of the image both models saw (the rest is dimmed)")
+    return (f"Compared **A: {report_a['class_name']}** (`{report_a['model']}`) with **B: {report_b['class_name']}** "
+            f"(`{report_b['model']}`) at λ = {report_a['params']['strength']:g}; {seen}.")
+
+
+def compare_side_progress(name: str, evidence: GradientEvidence, class_names: list[str]) -> str:
+    """A side's headline while its Score-CAM runs."""
+    return (f"**{name}: {class_names[evidence.target]}** (class {evidence.target}) · Grad-CAM ready, "
+            "Score-CAM running…")
+
+
+def compare_side_summary(name: str, report: dict[str, Any]) -> str:
+    """A side's headline: class, confidence, model and layer, γ's; while Score-CAM still runs
+    (an anytime update, ``report["progress"]``), how far it is."""
+    gammas, progress = report["gammas"], report.get("progress", {"final": True})
+    status = ("" if progress["final"] else
+              f" · Score-CAM {progress['scorecam_fraction']:.0%} done, maps so far")
+    return (f"**{name}: {report['class_name']}** (class {report['class_index']}), confidence "
+            f"{report['probability']:.1%} · `{report['model']}`, layer `{report['layer']}` · "
+            f"γ combined {gammas['combined']:.2f}, γ Score-CAM {gammas['region']:.2f}{status}")
+
+
+def comparison_table(record: dict[str, float], labels: dict[str, str], explanations: dict[str, str],
+                     values: dict[str, str]) -> str:
+    """The comparison's numbers as a Markdown list: name and value (``values``, formatted), then its meaning."""
+    return "\n".join(f"- **{labels[key]}: {values[key]}**. {explanations[key]}" for key in record)

@@ -1,32 +1,33 @@
-"""Ready before the first visitor: load the bundled model and explain one example in the background
-at start-up, so the first visitor pays neither the model load nor the first-run costs (memory
-allocation, and on CPU the compiled scoring network's build)."""
+"""Ready before the first visitor: load the bundled model and explain the example images in the
+background at start-up, so the first visitor pays neither the model load nor the first-run costs
+(memory allocation, and on CPU the compiled scoring network's build), and an example is instant."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from pathlib import Path
 
 from fusioncam.backend import on_zero_gpu
-from fusioncam.explain import explain
 from fusioncam.models import BUNDLED
 
 from .catalog import MODELS
+from .handlers import EXAMPLES
 
-WARM_UP_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "cat.jpg"
 LOG = logging.getLogger(__name__)
 
 
 def warm_up() -> None:
     """Load the bundled model; unless on ZeroGPU (where the network only runs inside a GPU
-    worker and nothing of a warm-up run would survive it), explain the example image once."""
+    worker and nothing of a background run would survive it), explain the example images under the
+    default settings at the scheduler's lowest priority and keep them (:mod:`fusioncam.ui.examples`):
+    the first run pays the first-run costs, and a click on an example is then instant."""
     started = time.perf_counter()
     try:
-        model = MODELS.get(BUNDLED)
-        if not on_zero_gpu() and WARM_UP_IMAGE.is_file():
-            explain(model, str(WARM_UP_IMAGE))
+        MODELS.get(BUNDLED)
+        if not on_zero_gpu():
+            made = EXAMPLES.fill()
+            LOG.info("%d example explanations kept", made)
     except Exception:   # a failed warm-up must never stop the app: visitors just pay the first run
         LOG.exception("warm-up failed")
         return

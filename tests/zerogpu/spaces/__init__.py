@@ -2,7 +2,8 @@
 
 What it reproduces of ``spaces`` 0.51 (``zero/wrappers.py``): every call of a ``@spaces.GPU``
 function runs in a **forked** worker process; its arguments are **pickled** on the way in and
-its result (or exception) on the way back, so a closure, lock, module or open file among them
+its result (or exception) on the way back — each yielded item, for a generator function
+(``generator_function_wrapper``), so a closure, lock, module or open file among them
 fails exactly as it does on a real Space; a quota failure reaches the caller as ``gr.Error``.
 
 What it leaves out (said plainly, so nobody reads more into a green test): no GPU and no CUDA
@@ -18,6 +19,7 @@ every call fail as an exhausted quota does.
 from __future__ import annotations
 
 import functools
+import inspect
 import multiprocessing
 import os
 import pickle
@@ -32,8 +34,9 @@ def GPU(function: Callable | None = None, duration: int = 60) -> Callable:
     if function is None:
         return functools.partial(GPU, duration=duration)
 
-    @functools.wraps(function)
-    def on_gpu(*args: Any, **kwargs: Any) -> Any:
+    streams = inspect.isgeneratorfunction(function)
+
+    def start(args: tuple, kwargs: dict) -> tuple[Any, Any]:
         _log(function.__name__)
         quota = os.environ.get("FUSIONCAM_TEST_ZEROGPU_QUOTA")
         if quota and os.path.exists(quota):
@@ -43,30 +46,56 @@ def GPU(function: Callable | None = None, duration: int = 60) -> Callable:
         payload = pickle.dumps((args, kwargs))          # what the real package puts on its queue
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
-        worker = context.Process(target=_work, args=(function, payload, sender), daemon=True)
+        worker = context.Process(target=_work, args=(function, payload, sender, streams), daemon=True)
         worker.start()
         sender.close()
+        return worker, receiver
+
+    def answers(worker: Any, receiver: Any) -> Any:
         try:
-            answer = receiver.recv_bytes()
-        except EOFError:
-            raise RuntimeError(f"the GPU worker for {function.__name__} died") from None
+            while True:
+                try:
+                    kind, value = pickle.loads(receiver.recv_bytes())
+                except EOFError:
+                    raise RuntimeError(f"the GPU worker for {function.__name__} died") from None
+                if kind == "raise":
+                    raise value
+                yield kind, value
+                if kind == "return":
+                    return
         finally:
             worker.join()
-        succeeded, value = pickle.loads(answer)
-        if succeeded:
+
+    if streams:
+        @functools.wraps(function)
+        def on_gpu_streaming(*args: Any, **kwargs: Any) -> Any:
+            for kind, value in answers(*start(args, kwargs)):
+                if kind == "yield":
+                    yield value
+
+        return on_gpu_streaming
+
+    @functools.wraps(function)
+    def on_gpu(*args: Any, **kwargs: Any) -> Any:
+        for _kind, value in answers(*start(args, kwargs)):
             return value
-        raise value
 
     return on_gpu
 
 
-def _work(function: Callable, payload: bytes, sender: Any) -> None:
-    """The forked worker: unpickle the arguments, run, pickle the result or the exception back."""
+def _work(function: Callable, payload: bytes, sender: Any, streams: bool) -> None:
+    """The forked worker: unpickle the arguments, run, pickle each yielded item, the result or the
+    exception back."""
     args, kwargs = pickle.loads(payload)
     try:
-        answer = pickle.dumps((True, function(*args, **kwargs)))
+        if streams:
+            for item in function(*args, **kwargs):
+                sender.send_bytes(pickle.dumps(("yield", item)))
+            answer = pickle.dumps(("return", None))
+        else:
+            answer = pickle.dumps(("return", function(*args, **kwargs)))
     except BaseException as error:
-        answer = pickle.dumps((False, error))
+        answer = pickle.dumps(("raise", error))
     sender.send_bytes(answer)
     sender.close()
 
