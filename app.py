@@ -18,8 +18,9 @@ from fusioncam.fusion import WEIGHT_MODES
 from fusioncam.gradient import GRADIENT_METHODS
 from fusioncam.metrics import DEFAULT_STEPS
 from fusioncam.models import BUNDLED
-from fusioncam.ui import handlers, text, trust
+from fusioncam.ui import handlers, share_handlers, text, trust
 from fusioncam.ui.catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, any_model_allowed, model_choices
+from fusioncam.ui.compare_tab import compare_tab, wire_compare_tab
 from fusioncam.ui.compute import MAX_STEPS
 from fusioncam.ui.faithfulness import HEADERS as FAITHFULNESS_HEADERS
 from fusioncam.ui.faithfulness import ROAD_HEADERS
@@ -110,6 +111,7 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
             ui["export-html"] = gr.Button("Prepare a report to keep: one HTML file (opens offline, prints on A4)",
                                           elem_id="export-html")
             ui["download"] = gr.File(label="Download (.zip)", elem_id="download", interactive=False, visible=False)
+            ui.update(share_handlers.share_controls("share"))
             with gr.Accordion("Report (JSON)", open=False):
                 ui["report"] = gr.JSON(label="Report", elem_id="report")
     return ui
@@ -187,13 +189,18 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     with gr.Blocks(title="Fusion-CAM explorer", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown(text.INTRO)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Explain", id="explain"):
-                wire_explain_tab(explain_tab(session))
+                explain_ui = explain_tab(session)
+                wire_explain_tab(explain_ui)
+            with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
+                compare_ui = compare_tab(EXAMPLES, SESSION_TTL_S)
+                wire_compare_tab(compare_ui)
             with gr.Tab("Faithfulness", id="faithfulness"):
                 faithfulness_tab(session)
             with gr.Tab("Sanity check", id="sanity"):
                 sanity_tab(session)
+        share_handlers.wire(demo, explain_ui, compare_ui, tabs)   # the share button; ?share=TOKEN links
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fusioncam import downloads
 from fusioncam.models import BUNDLED, LoadedModel, ModelError, load_model
@@ -55,11 +56,17 @@ def any_model_allowed() -> bool:
 
 
 class ModelCache:
-    """At most ``capacity`` loaded models, least recently used evicted first.
+    """At most ``capacity`` loaded models, least recently used evicted first — never one in use.
 
     A lock per model name makes concurrent first requests load a model once, without blocking
     requests for models already loaded. Requests then share a loaded model without a lock: each
     capture acts on its own forward only (:func:`fusioncam.capture.capture_layer`).
+
+    A request that runs several stages on models holds them for its whole run with
+    :meth:`using` (all its models at once, so two requests never wait on each other): a held
+    model is never evicted. A model wanted while every loaded slot is held by other requests
+    waits until one is released (:meth:`must_wait` says whether it would); otherwise the least
+    recently used model that nobody holds makes room.
     """
 
     def __init__(self, capacity: int = 2, loader: Callable[[str], LoadedModel] | None = None) -> None:
@@ -69,10 +76,14 @@ class ModelCache:
         self._loader = loader or _load_within_budget
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
+        self._users: Counter[str] = Counter()   # spec → requests holding it (held specs keep a slot)
+        self._waiting = 0
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
 
     def get(self, spec: str) -> LoadedModel:
-        """The loaded model for ``spec``, loading it (and evicting the oldest) when needed.
+        """The loaded model for ``spec``, loading it (and evicting the least recently used model
+        nobody holds) when needed; while every slot is held by other requests, it waits.
 
         A spec that cannot be loaded leaves nothing behind (no cache entry, no loading lock).
         """
@@ -81,6 +92,7 @@ class ModelCache:
             if spec in self._models:
                 self._models.move_to_end(spec)
                 return self._models[spec]
+            self._wait_for({spec})
             loading = self._loading.setdefault(spec, threading.Lock())
         with loading:
             with self._lock:
@@ -90,12 +102,46 @@ class ModelCache:
                 model = self._loader(spec)
                 with self._lock:
                     self._models[spec] = model
-                    while len(self._models) > self.capacity:
-                        self._models.popitem(last=False)
+                    self._evict(keep=spec)
             finally:
                 with self._lock:
                     self._loading.pop(spec, None)
             return model
+
+    @contextmanager
+    def using(self, *specs: str) -> Iterator[None]:
+        """Hold ``specs`` (at most ``capacity`` distinct ones) for the block: none of them is evicted
+        before the block ends. Waits, holding nothing, until all of them fit beside the models
+        other requests hold; inside the block, :meth:`get` (loads) the held specs only."""
+        wanted = set(spec.strip() for spec in specs)
+        if len(wanted) > self.capacity:
+            raise ValueError(f"one request can hold at most {self.capacity} models at once")
+        with self._lock:
+            self._wait_for(wanted)
+            self._users.update(wanted)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users.subtract(wanted)
+                self._users += Counter()       # drop the specs nobody holds any more
+                self._evict()
+                self._released.notify_all()
+
+    def must_wait(self, *specs: str) -> bool:
+        """Whether :meth:`using` these ``specs`` would wait for other requests to release a model now."""
+        with self._lock:
+            return not self._fits(set(spec.strip() for spec in specs))
+
+    def waiting(self) -> int:
+        """How many requests are waiting for a model slot right now."""
+        with self._lock:
+            return self._waiting
+
+    def held(self) -> list[str]:
+        """Names of the models requests hold right now."""
+        with self._lock:
+            return sorted(self._users)
 
     def pending(self) -> int:
         """How many specs are being loaded right now (0 when idle: failed loads leave no lock)."""
@@ -106,6 +152,26 @@ class ModelCache:
         """Names of the cached models, least recently used first."""
         with self._lock:
             return list(self._models)
+
+    def _fits(self, wanted: set[str]) -> bool:
+        """Whether ``wanted`` and every held model fit in the cache together (lock held)."""
+        return len(set(self._users) | wanted) <= self.capacity
+
+    def _wait_for(self, wanted: set[str]) -> None:
+        """Wait (lock held; released while waiting) until ``wanted`` fits beside the held models."""
+        if self._fits(wanted):
+            return
+        self._waiting += 1
+        try:
+            self._released.wait_for(lambda: self._fits(wanted))
+        finally:
+            self._waiting -= 1
+
+    def _evict(self, keep: str | None = None) -> None:
+        """Drop least recently used models nobody holds (nor ``keep``) until within capacity (lock held)."""
+        spare = [spec for spec in self._models if spec not in self._users and spec != keep]
+        while len(self._models) > self.capacity and spare:
+            del self._models[spare.pop(0)]
 
 
 def _load_within_budget(spec: str) -> LoadedModel:
