@@ -31,17 +31,14 @@ from fusioncam.ui.warmup import warm_up_in_background
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES = sorted(str(path) for path in ASSETS.glob("*.jpg"))
-MAP_CAPTIONS = {
-    "gradcam": "① Grad-CAM",
-    "denoised": "② Denoised",
-    "scorecam": "③ Score-CAM",
-    "combined": "④ Combined",
-    "fusion": "⑤ Fusion-CAM",
-    "agreement": "⑥ Agreement",
-}
 CSS = """
 #map-fusion { border: 2px solid var(--color-accent); }
+#explain-state { font-size: var(--text-xs); color: var(--body-text-color-subdued); min-height: 0; }
 """ + MAP_GRID_CSS
+STATE_ELEMENT = {"fusion": "explain-state"}   # the live card that reports the explanation's state
+# Explanations running at once: their passes take turns on the network (fusioncam.scheduler: Grad-CAM first,
+# Score-CAM chunks round robin), so more of them in flight share the machine fairly instead of queueing.
+EXPLAIN_CONCURRENCY = 8
 QUEUE_SIZE = 32             # waiting requests beyond this are refused: the page says the app is busy
 SESSION_TTL_S = 3600        # a session's evidence is dropped an hour after its last change
 # Passed to ``launch`` (here and by the tests): uploads over 25 MB are refused before any handler runs, and
@@ -92,11 +89,15 @@ def explain_tab(session: gr.State) -> dict[str, gr.components.Component]:
                 ui["opacity"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
         with gr.Column(scale=8):
             ui["summary"] = gr.Markdown(text.WAITING, elem_id="summary")
+            # "partial" while the maps on show are anytime updates, "done" once they are the exact
+            # explanation, empty otherwise: written by the fused map's card as it draws (live.js).
+            gr.HTML("", elem_id="explain-state", elem_classes=["fc-state"], padding=False)
             for row in (MAP_NAMES[:3], MAP_NAMES[3:]):
                 with gr.Row(equal_height=False):   # each card as tall as its picture (MAP_GRID_CSS)
                     for name in row:
-                        ui[f"map-{name}"] = (live_map(name, MAP_CAPTIONS[name]) if name in handlers.LIVE_MAPS else
-                                             gr.Image(label=MAP_CAPTIONS[name], format="png", interactive=False,
+                        ui[f"map-{name}"] = (live_map(name, text.MAP_CAPTIONS[name], STATE_ELEMENT.get(name))
+                                             if name in handlers.LIVE_MAPS else
+                                             gr.Image(label=text.MAP_CAPTIONS[name], format="png", interactive=False,
                                                       buttons=["download", "fullscreen"], elem_id=f"map-{name}"))
             with gr.Row(equal_height=False):
                 ui["top5"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
@@ -128,7 +129,7 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
                                            "opacity")]
     refine_outputs = [ui[names.get(name, name)] for name in handlers.REFINE_OUTPUTS]
     heavy = {"inputs": explain_inputs, "outputs": explain_outputs, "concurrency_id": "explain",
-             "concurrency_limit": 2, "trigger_mode": "always_last",
+             "concurrency_limit": EXPLAIN_CONCURRENCY, "trigger_mode": "always_last",
              "show_progress_on": [ui[f"map-{name}"] for name in MAP_NAMES[2:]]}
     events = [
         ui["run"].click(handlers.explain, api_name="explain", **heavy),
@@ -177,9 +178,9 @@ def faithfulness_tab(session: gr.State) -> None:
         deletion = gr.Plot(label="Deletion curves", elem_id="deletion-curves")
         insertion = gr.Plot(label="Insertion curves", elem_id="insertion-curves")
     run.click(handlers.faithfulness, [session, steps, extra], [status, table, deletion, insertion],
-              api_name="faithfulness", concurrency_id="explain", concurrency_limit=2,
+              api_name="faithfulness", concurrency_id="score", concurrency_limit=2,
               show_progress_on=[table]).success(trust.road_and_card, [session, steps, extra, road], [road_table, card],
-                                                api_visibility="private", concurrency_id="explain",
+                                                api_visibility="private", concurrency_id="score",
                                                 show_progress_on=[road_table])
 
 
@@ -195,7 +196,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 wire_explain_tab(explain_ui)
             with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
                 compare_ui = compare_tab(EXAMPLES, SESSION_TTL_S)
-                wire_compare_tab(compare_ui)
+                wire_compare_tab(compare_ui, EXPLAIN_CONCURRENCY)
             with gr.Tab("Faithfulness", id="faithfulness"):
                 faithfulness_tab(session)
             with gr.Tab("Sanity check", id="sanity"):
