@@ -144,3 +144,22 @@ def test_a_dropped_explanation_gives_its_claim_back(page: dict[str, Any]) -> Non
     next(by_upload)
     by_upload.close()                                       # the visitor left, or Gradio cancelled it
     assert not _skipped(next(_explain(page["a"], None, request)))
+
+
+def test_setting_the_explained_image_again_keeps_its_class(page: dict[str, Any]) -> None:
+    """Opening a shared link sets the image the session already explains: its class stays (a new
+    image, or a new model, starts again from the top class)."""
+    request = page["request"]
+    *_, last = handlers.explain(page["a"], SPEC, "3", "default", 10, 1.0, "reference", "mean", "gradcam", "scorecam",
+                                128, *REFINE, None, request, progress=lambda *args, **kwargs: None)
+    session = last[0]
+    assert session.request.target == 3
+
+    def again(image: str, handler: Any = handlers.explain_new_image) -> Any:
+        *_, final = handler(image, SPEC, "3", "default", 10, 1.0, "reference", "mean", "gradcam", "scorecam", 128,
+                            *REFINE, session, request, progress=lambda *args, **kwargs: None)
+        return final[0]
+
+    assert again(page["a"]).request.target == 3
+    assert again(page["b"]).request.target is None                     # a new image: the top class
+    assert again(page["a"], handlers.explain_new_model).request.target is None

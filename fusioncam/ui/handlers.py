@@ -178,7 +178,8 @@ def explain(image: str | None, model_spec: str, target: str | int | None, layer:
         yield _unchanged()
         return
     try:
-        yield from _explain_anew(key, wanted, picture, model, params, colormap, opacity, progress)
+        with MODELS.using(spec):      # the model stays loaded for the whole run, whatever else is asked for
+            yield from _explain_anew(key, wanted, picture, model, params, colormap, opacity, progress)
     finally:
         GENERATIONS.release(key, token)
 
@@ -311,7 +312,11 @@ def _explain_again(reset_target: bool, reset_layer: bool, clear_without_image: b
         if not image:
             yield clear() if clear_without_image else _unchanged()
             return
-        yield from explain(image, model_spec, TOP_CLASS if reset_target else target,
+        # A new image resets the class, except the image the session already explains (opening a
+        # shared link sets it), whose class stays; a new model always resets it.
+        same_image = (reset_target and not reset_layer and session is not None
+                      and session.request.image_digest == file_digest(image))
+        yield from explain(image, model_spec, TOP_CLASS if reset_target and not same_image else target,
                            DEFAULT_LAYER if reset_layer else layer, theta, strength, weights, baseline,
                            gradient_method, region_method, top_k, colormap, opacity, session, request, progress)
 
