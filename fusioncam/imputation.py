@@ -47,8 +47,8 @@ SOLVERS = ("scipy", "torch")
 TOLERANCE = 1e-10           # CG stops at ‖r‖ ≤ TOLERANCE · ‖b‖ for every system of the batch
 MAX_ITERATIONS = 1000
 SMOOTHING_SWEEPS = 2        # Jacobi sweeps before and after each coarse-grid correction
-COARSEST_SIDE = 4           # multigrid levels stop once a side is at most this long
-COARSEST_SWEEPS = 30        # Jacobi sweeps on the coarsest grid
+COARSEST_SIDE = 2           # multigrid levels stop once a side is at most this long (≥ 2: a 1-pixel grid has D = 0)
+COARSEST_SWEEPS = 10        # Jacobi sweeps on the coarsest grid
 
 
 def imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[csc_matrix, np.ndarray, np.ndarray]:
