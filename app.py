@@ -130,7 +130,8 @@ def wire_explain_tab(ui: dict[str, gr.components.Component]) -> None:
     refine_outputs = [ui[names.get(name, name)] for name in handlers.REFINE_OUTPUTS]
     heavy = {"inputs": explain_inputs, "outputs": explain_outputs, "concurrency_id": "explain",
              "concurrency_limit": EXPLAIN_CONCURRENCY, "trigger_mode": "always_last",
-             "show_progress_on": [ui[f"map-{name}"] for name in MAP_NAMES[2:]]}
+             # minimal: a small timer on the cards, never an overlay hiding the anytime maps they draw
+             "show_progress": "minimal", "show_progress_on": [ui[f"map-{name}"] for name in MAP_NAMES[2:]]}
     events = [
         ui["run"].click(handlers.explain, api_name="explain", **heavy),
         gr.on([ui["target-class"].input, ui["layer"].input, ui["baseline"].input, ui["region-method"].input,

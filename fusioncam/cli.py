@@ -206,6 +206,8 @@ def build_parser() -> OneLineParser:
     evaluate_cmd.add_argument("--strength", type=float, default=1.0, help="fusion strength λ ≥ 0")
     evaluate_cmd.add_argument("--device", choices=DEVICES, default="auto",
                               help="under torchrun, cuda means cuda:LOCAL_RANK for each rank")
+    evaluate_cmd.add_argument("--road-solver", choices=("auto", "scipy", "torch"), default="auto",
+                              help="ROAD's imputation solver (auto: torch on a GPU, scipy on the CPU)")
     evaluate_cmd.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
     evaluate_cmd.set_defaults(handler=run_evaluate)
     from .sanity_cli import add_sanity_command
@@ -218,7 +220,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate DIR``: the faithfulness table over a folder (see :func:`fusioncam.evaluate.run_evaluate`)."""
     return evaluate.run_evaluate(Path(args.folder), Path(args.out), model=args.model, methods=args.methods,
                                  metrics=args.metrics, steps=args.steps, theta=args.theta, strength=args.strength,
-                                 device=args.device, limit=args.limit)
+                                 device=args.device, limit=args.limit, road_solver=args.road_solver)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
