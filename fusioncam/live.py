@@ -16,6 +16,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -43,10 +46,25 @@ def _float32_base64(values: np.ndarray) -> str:
 
 
 def _jpeg_data_url(photo: Image.Image) -> str:
-    """The photo as a ``data:image/jpeg;base64,…`` URL."""
+    """The photo as a ``data:image/jpeg;base64,…`` URL, encoded once per photo object (an anytime
+    explanation sends the same photo with every update)."""
+    key = id(photo)
+    kept = _ENCODED.get(key)
+    if kept is not None and kept[0]() is photo:
+        return kept[1]
     buffer = io.BytesIO()
     photo.convert("RGB").save(buffer, format="JPEG", quality=PHOTO_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    with _ENCODED_LOCK:
+        _ENCODED[key] = (weakref.ref(photo), url)
+        while len(_ENCODED) > ENCODED_PHOTOS:
+            _ENCODED.popitem(last=False)
+    return url
+
+
+ENCODED_PHOTOS = 64   # photos whose data URL is kept (a live one is checked by identity, never by id alone)
+_ENCODED: OrderedDict[int, tuple[weakref.ref, str]] = OrderedDict()
+_ENCODED_LOCK = threading.Lock()
 
 
 def live_payload(explanation: Explanation, generation: int, display: Image.Image, colormap: str,

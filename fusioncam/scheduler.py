@@ -10,7 +10,8 @@ order of the forwards decides what each visitor waits for. :class:`NetworkSchedu
 2. **Round robin within a class.** The waiting owner (request) served least recently goes first, so
    ``N`` requests each progress at about ``1/N`` of the machine, and a new request's first chunk
    comes after at most one chunk of each other request.
-3. **At most ``slots`` turns at once** (1 on a CPU: a forward already uses every core).
+3. **At most ``slots`` turns at once** (two: while one turn does its host-side work, building masks
+   or reading scores, the other keeps the cores or the GPU busy).
 
 The scheduler never touches the network itself and holds no lock while a turn runs: it is only a
 gate. It measures how long turns take, for honest waiting estimates (:meth:`ahead_of`).
@@ -138,6 +139,11 @@ class NetworkScheduler:
         """Whether ``owner`` has had a chunk (a turn other than its gradient stage) since it arrived."""
         with self._changed:
             return owner in self._served
+
+    def requests(self) -> int:
+        """How many owners are between their first turn and :meth:`done` (requests in flight)."""
+        with self._changed:
+            return len(self._owners)
 
     def busy(self) -> bool:
         """Whether a turn runs or waits now."""

@@ -30,7 +30,6 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import torch
 from PIL import Image
 
 from fusioncam.backend import gpu_decorator, on_zero_gpu
@@ -54,9 +53,10 @@ MAX_STEPS = 224   # the most deletion/insertion steps the page offers (each step
 SCORE_CAM_PROGRESS = "Score-CAM: masking the image channel by channel…"
 ANYTIME_STOPS = (0.05, 0.25)   # a partial update is shown at these shares of the masked passes, however fast
 UPDATE_EVERY_S = 1.0           # and otherwise about this often
-#: The network's turns in this process: one forward at a time on a CPU (it already uses every core),
-#: two on a GPU (one's host work overlaps the other's kernels).
-SCHEDULER = NetworkScheduler(slots=2 if torch.cuda.is_available() else 1)
+#: The network's turns in this process. Two at a time: one turn's host work (building masks, reading
+#: scores) overlaps the other's forward (measured with benchmarks/load.py on 2 cores: 4 visitors at
+#: once finished their explanations in half the time with two slots than with one).
+SCHEDULER = NetworkScheduler(slots=2)
 
 
 @gpu_decorator(duration=20)
@@ -90,7 +90,7 @@ def stream_regions(spec: str, evidence: GradientEvidence, region_method: str, to
         crossed = bool(stops) and fraction >= stops[0] - 1e-9
         while stops and fraction >= stops[0] - 1e-9:
             stops.pop(0)
-        if not regions.final and not crossed and time.monotonic() - shown < UPDATE_EVERY_S:
+        if not regions.final and not crossed and time.monotonic() - shown < _update_interval(owner):
             continue
         with turn():
             [explanation] = derive(model, [replace(regions, probabilities=carried)], params)
@@ -104,6 +104,16 @@ def gather_regions(spec: str, evidence: GradientEvidence, region_method: str, to
     """Stage 2 and 3 to the end (:func:`stream_regions`' last, exact update)."""
     *_partial_updates, final = stream_regions(spec, evidence, region_method, top_k, params, owner, priority)
     return final
+
+
+def _update_interval(owner: str | None) -> float:
+    """Seconds between two anytime updates of one request: :data:`UPDATE_EVERY_S` alone, that times
+    the requests sharing the network otherwise — each then progresses at 1/N of the machine, so an
+    update still shows as much new as a lone visitor's every second, and the updates (a derive step,
+    pictures, a payload to send) cost the machine the same whatever the crowd."""
+    if owner is None or on_zero_gpu():
+        return UPDATE_EVERY_S
+    return UPDATE_EVERY_S * max(1, SCHEDULER.requests())
 
 
 def _turn(owner: str | None, priority: int) -> Callable[[], AbstractContextManager]:

@@ -58,6 +58,7 @@ REFINE_OUTPUTS = ("session", "summary", *(f"map-{name}" for name in MAP_NAMES), 
 COMMIT_OUTPUTS = ("session", "summary", "hover", "report")
 LIVE_MAPS = ("fusion", "agreement")   # drawn by the page itself from one payload (fusioncam.ui.live)
 REGION_CARDS = ("scorecam", "combined")   # static cards that a partial (anytime) update redraws
+PARTIAL_SIDE = 320   # the longer side of a partial update's static pictures
 FAITHFULNESS_OUTPUTS = ("faithfulness-status", "faithfulness-table", "deletion-curves", "insertion-curves")
 NO_IMAGE = "Please upload an image first (or click one of the examples below it)."
 NOTHING_TO_SCORE = "Explain an image first (on the Explain tab); then its maps can be scored here."
@@ -119,10 +120,13 @@ def _pictures(session: Session, names: Sequence[str] = MAP_NAMES) -> list[Any]:
     payload for the live cards (the page itself fuses and draws them, following λ, and shows the
     progress in their captions)."""
     static = [name for name in names if name not in LIVE_MAPS]
-    drawn = dict(zip(static, figures.overlays(session.display, session.maps, session.colormap, session.opacity,
-                                              tuple(static)), strict=True))
     progress = session.report.get("progress")
-    if progress is not None and not progress["final"]:
+    partial = progress is not None and not progress["final"]
+    # A partial picture is a preview, replaced within seconds: drawn (and PNG-encoded) at half the size.
+    photo = display_image(session.display, PARTIAL_SIDE) if partial else session.display
+    drawn = dict(zip(static, figures.overlays(photo, session.maps, session.colormap, session.opacity,
+                                              tuple(static)), strict=True))
+    if partial:
         for name in set(REGION_CARDS) & set(drawn):
             drawn[name] = figures.captioned(drawn[name], text.progress_caption(progress))
     payload = _live_payload(session) if set(names) & set(LIVE_MAPS) else None
@@ -279,11 +283,12 @@ def _wait_for_first_turn(owner: str, progress: gr.Progress) -> Iterator[tuple]:
 
 def _partial(session: Session, seconds: float) -> tuple:
     """The :data:`EXPLAIN_OUTPUTS` values of an anytime update: the region-based maps (③–⑥) from the
-    channels scored so far, captioned with the progress, and its report; the session keeps its
-    last exact explanation until the final update."""
+    channels scored so far, captioned with the progress, and its report (the β/γ chart waits for
+    the exact weights: redrawing it every second costs a busy CPU more than it tells); the session
+    keeps its last exact explanation until the final update."""
     pictures = _pictures(session, ("scorecam", "combined", *LIVE_MAPS))
     return (gr.skip(), text.partial_summary(session.report, seconds), gr.skip(), gr.skip(), gr.skip(), *pictures,
-            figures.weights_figure(session.report), gr.skip(), session.report, gr.skip(), gr.skip())
+            gr.skip(), gr.skip(), session.report, gr.skip(), gr.skip())
 
 
 def _unchanged() -> tuple:
