@@ -11,9 +11,9 @@ from torch import nn
 
 from fusioncam import LoadedModel, load_model
 from fusioncam.backend import GPU_MAX_CHUNK, auto_chunk_size, check_precision, prefers_channels_last
-from fusioncam.explain import GradientEvidence, capture_evidence
+from fusioncam.explain import GradientEvidence, capture_evidence, explain
 from fusioncam.images import load_image
-from fusioncam.region import RegionScores, region_map, score_channels
+from fusioncam.region import RegionScores, iter_channel_scores, region_map, score_channels
 
 
 def _score(model: LoadedModel | nn.Module, evidences: list[GradientEvidence], chunk_size: int,
@@ -71,7 +71,8 @@ class _AutocastSpy(nn.Module):
 
 
 def test_reduced_precision_is_off_by_default(tiny_model: LoadedModel, tiny_evidence: list[GradientEvidence]) -> None:
-    assert inspect.signature(score_channels).parameters["precision"].default == "fp32"
+    assert inspect.signature(iter_channel_scores).parameters["precision"].default == "fp32"   # score_channels' too
+    assert inspect.signature(explain).parameters["precision"].default == "fp32"
     assert inspect.signature(auto_chunk_size).parameters["precision"].default == "fp32"
     spy = _AutocastSpy(tiny_model.module)
     _score(spy, tiny_evidence, chunk_size=7)
