@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def page() -> Iterator[Any]:
-    """A Chromium tab on the app, launched in-process (no network, no browser download)."""
+@contextmanager
+def app_in_chromium() -> Iterator[tuple[Any, str]]:
+    """Debian's headless Chromium and the URL of the app launched in-process (no network, no browser
+    download); skips the test where Playwright or Chromium is missing."""
     sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium")
     import app
 
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -35,12 +39,19 @@ def page() -> Iterator[Any]:
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-            tab.goto(app.demo.local_url)
-            yield tab
+            yield browser, app.demo.local_url
             browser.close()
     finally:
         app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    """A Chromium tab on the app."""
+    with app_in_chromium() as (browser, url):
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.goto(url)
+        yield tab
 
 
 LIVE = ("fusion", "agreement")   # drawn by the page on a canvas (fusioncam/ui/live.py)

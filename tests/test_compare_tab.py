@@ -3,7 +3,6 @@ and the real page in Chromium (both sides, one λ, the difference, a shared comp
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 client_module = pytest.importorskip("gradio_client")
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SLOW_MS  # noqa: E402
+from test_browser import SLOW_MS, app_in_chromium  # noqa: E402
 
 from fusioncam.compare import RECORD_KEYS  # noqa: E402
 from fusioncam.models import BUNDLED  # noqa: E402
@@ -166,20 +165,9 @@ def test_on_a_space_the_compare_tab_obeys_the_model_allow_list(client: Any, monk
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[tuple[Any, str]]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium")
-    import app
-
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    app.demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", css=app.CSS)
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            yield browser, app.demo.local_url
-            browser.close()
-    finally:
-        app.demo.close()
+    """Headless Chromium and the app's URL (launched in-process)."""
+    with app_in_chromium() as launched:
+        yield launched
 
 
 def card(side: str) -> str:

@@ -3,7 +3,6 @@ opening a link in the same process (API), and in another browser (Chromium)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ gr = pytest.importorskip("gradio")
 client_module = pytest.importorskip("gradio_client")
 
 from starlette.requests import Request as StarletteRequest  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SLOW_MS, wait_for_new_map, wait_for_summary  # noqa: E402
+from test_browser import SLOW_MS, app_in_chromium, wait_for_new_map, wait_for_summary  # noqa: E402
 
 from fusioncam.ui import compare_handlers, handlers, share_handlers, sharing, text  # noqa: E402
 from fusioncam.ui.sharing import SHARING, TOKEN_SHAPE, ShareStore, public_root  # noqa: E402
@@ -176,20 +175,8 @@ def test_sharing_off_makes_no_link_and_opens_none(client: Any, monkeypatch: pyte
 @pytest.fixture(scope="module")
 def browser() -> Iterator[tuple[Any, str]]:
     """Headless Chromium and the app's URL (launched in-process)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium")
-    import app
-
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    app.demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", css=app.CSS)
-    try:
-        with sync_api.sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            yield chromium, app.demo.local_url
-            chromium.close()
-    finally:
-        app.demo.close()
+    with app_in_chromium() as launched:
+        yield launched
 
 
 def headline(summary: str) -> str:
