@@ -7,6 +7,9 @@ order of the forwards decides what each visitor waits for. :class:`NetworkSchedu
 1. **Priority classes.** :data:`GRADIENT` (a request's first pass: its Grad-CAM map is ready right
    after) goes before :data:`CHUNK` (one chunk of Score-CAM's masked passes, or a derive step),
    which goes before :data:`BACKGROUND` (work nobody waits for, such as filling the example cache).
+   A background turn waits while any request that asked for a turn of another class is live (between
+   its first turn and :meth:`~NetworkScheduler.done`): it never takes one of a visitor's slots, even
+   between two of that visitor's turns.
 2. **Round robin within a class.** The waiting owner (request) served least recently goes first, so
    ``N`` requests each progress at about ``1/N`` of the machine, and a new request's first chunk
    comes after at most one chunk of each other request.
@@ -66,6 +69,7 @@ class NetworkScheduler:
         self._running = 0
         self._served: dict[Hashable, float] = {}      # owner → when its last turn began
         self._owners: dict[Hashable, int] = {}        # owner → its first arrival (live owners)
+        self._foreground: set[Hashable] = set()       # live owners that asked for a non-background turn
         self._cancelled: set[Hashable] = set()
         self._arrivals = itertools.count()
         self._turn_seconds: dict[int, float] = {}     # priority → moving average of a turn's length
@@ -81,11 +85,14 @@ class NetworkScheduler:
                 raise Cancelled(owner)
             arrival = next(self._arrivals)
             self._owners.setdefault(owner, arrival)
+            if priority != BACKGROUND:
+                self._foreground.add(owner)
             ticket = _Ticket(priority, self._served.get(owner, -1.0), arrival, owner)
             self._waiting.append(ticket)
             try:
                 self._changed.wait_for(lambda: owner in self._cancelled or (
-                    self._running < self.slots and min(self._waiting) is ticket))
+                    self._running < self.slots and min(self._waiting) is ticket
+                    and (priority != BACKGROUND or not self._foreground - {owner})))
             finally:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
@@ -110,6 +117,7 @@ class NetworkScheduler:
         with self._changed:
             self._served.pop(owner, None)
             self._owners.pop(owner, None)
+            self._foreground.discard(owner)
             self._cancelled.discard(owner)
             self._changed.notify_all()
 
@@ -128,8 +136,8 @@ class NetworkScheduler:
         measured turn lengths (theirs, the running turns and the gradient stages waiting now)."""
         with self._changed:
             mine = self._owners.get(owner, float("inf"))
-            earlier = sum(1 for o, arrived in self._owners.items()
-                          if o != owner and arrived < mine and o not in self._served and o not in self._cancelled)
+            earlier = sum(1 for o, arrived in self._owners.items() if o != owner and arrived < mine
+                          and o in self._foreground and o not in self._served and o not in self._cancelled)
             gradients = sum(1 for t in self._waiting if t.priority == GRADIENT and t.owner != owner)
             chunk, gradient = self._turn_seconds.get(CHUNK, 0.0), self._turn_seconds.get(GRADIENT, 0.0)
             seconds = earlier * (chunk + gradient) + self._running * chunk + gradients * gradient
@@ -141,9 +149,10 @@ class NetworkScheduler:
             return owner in self._served
 
     def requests(self) -> int:
-        """How many owners are between their first turn and :meth:`done` (requests in flight)."""
+        """How many visitors' requests (owners of non-background turns) are between their first turn
+        and :meth:`done`: the requests sharing the network now."""
         with self._changed:
-            return len(self._owners)
+            return len(self._foreground)
 
     def busy(self) -> bool:
         """Whether a turn runs or waits now."""

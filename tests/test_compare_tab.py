@@ -101,6 +101,8 @@ def test_compare_defaults_to_the_top_two_classes_of_the_bundled_model(compared: 
     assert {"betas", "gammas"} <= set(report_a) and {"betas", "gammas"} <= set(report_b)
     assert list(record) == list(RECORD_KEYS) and record["shared_region"] == 1.0
     assert -1 <= record["spearman"] <= 1 and 0 <= record["iou_top20"] <= 1
+    from fusioncam.ui.compute import SCHEDULER
+    assert SCHEDULER.requests() == 0     # the finished comparison no longer counts as a request sharing the network
 
 
 @pytest.mark.slow

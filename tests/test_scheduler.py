@@ -20,10 +20,12 @@ def _run_queued(scheduler: NetworkScheduler, jobs: list[tuple[str, int]]) -> lis
         with scheduler.turn("holder", CHUNK):
             holding.set()
             release.wait(5)
+        scheduler.done("holder")
 
     def job(owner: str, priority: int) -> None:
         with scheduler.turn(owner, priority):
             order.append(owner)
+        scheduler.done(owner)
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -106,3 +108,25 @@ def test_waiting_estimate_counts_the_requests_before_the_first_chunk() -> None:
         pass
     assert scheduler.ahead_of("mine").requests_ahead == 0
     assert scheduler.has_served("early") and not scheduler.has_served("mine")
+
+
+def test_background_waits_while_a_visitors_request_is_live_even_between_its_turns() -> None:
+    scheduler = NetworkScheduler(slots=2)
+    with scheduler.turn("visitor", GRADIENT):   # a visitor's request has begun; no turn of it runs now
+        pass
+    assert scheduler.requests() == 1
+    ran = threading.Event()
+
+    def background() -> None:
+        with scheduler.turn("examples", BACKGROUND):
+            ran.set()
+        scheduler.done("examples")
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    assert not ran.wait(0.3)                    # two free slots, yet the background turn waits
+    assert scheduler.ahead_of("visitor").requests_ahead == 0   # and is never counted ahead of a visitor
+    scheduler.done("visitor")                   # the visitor's request ended
+    assert ran.wait(5)
+    thread.join(5)
+    assert scheduler.requests() == 0

@@ -166,8 +166,22 @@ def _steps(image: str | None, model_a: str, model_b: str, class_a: str | int | N
            layer_a: str | None, layer_b: str | None, theta: float, strength: float, weights: str,
            state: Compared | None, key: str, progress: gr.Progress) -> Iterator[dict[str, Any]]:
     """The comparison as a series of page updates (output name → value); the last one holds the
-    new state. Nothing is yielded when nothing changed, nor once a newer run of this session began."""
+    new state. Nothing is yielded when nothing changed, nor once a newer run of this session began.
+    The run's passes are turns of one scheduler owner, released when the run ends or is left."""
     run = RUNS.begin(key)
+    owner = f"{key}/compare#{run}"
+    try:
+        yield from _run_steps(image, model_a, model_b, class_a, class_b, layer_a, layer_b, theta, strength, weights,
+                              state, key, run, owner, progress)
+    finally:
+        compute.SCHEDULER.done(owner)
+
+
+def _run_steps(image: str | None, model_a: str, model_b: str, class_a: str | int | None, class_b: str | int | None,
+               layer_a: str | None, layer_b: str | None, theta: float, strength: float, weights: str,
+               state: Compared | None, key: str, run: int, owner: str,
+               progress: gr.Progress) -> Iterator[dict[str, Any]]:
+    """:func:`_steps` for run ``run`` of session ``key``, its passes as turns of ``owner``."""
     with user_errors(TITLE):
         if not image:
             raise ValueError(text.COMPARE_NO_IMAGE)
@@ -206,7 +220,7 @@ def _steps(image: str | None, model_a: str, model_b: str, class_a: str | int | N
             with side_errors(name.upper()):
                 progress(0.02, desc=f"Side {name.upper()}: Grad-CAM, one pass through the network…")
                 started[name] = compute.gather_gradients(specs[name], original, targets[name], layers[name], BASELINE,
-                                                         owner=key)
+                                                         owner=owner)
         if not started and all(sessions[n].params == params for n in SIDES) and state is not None:
             return   # nothing changed: the page already shows this comparison
         if not RUNS.is_current(key, run):
@@ -227,7 +241,7 @@ def _steps(image: str | None, model_a: str, model_b: str, class_a: str | int | N
                 display = display_image(started[name].image)
                 with side_errors(name.upper()):   # anytime: partial maps as Score-CAM goes, the exact ones last
                     for regions, maps, report in compute.stream_regions(specs[name], started[name], REGION_METHOD,
-                                                                        None, params, owner=key):
+                                                                        None, params, owner=owner):
                         sessions[name] = Session(request=wanted, generation=generations[name], evidence=regions,
                                                  params=params, maps=maps, report=report, display=display,
                                                  colormap=COLORMAP, opacity=OPACITY)
