@@ -59,6 +59,10 @@ def test_explain_streams_partial_score_cam_then_the_exact_map(client: Any, tmp_p
     assert reports[-1]["progress"] == {"scorecam_fraction": 1.0, "final": True}
     scorecam_pictures = {str(picture(u["map-scorecam"])) for u in updates if picture(u["map-scorecam"])}
     assert len(scorecam_pictures) >= 3          # two partial pictures at least, then the final one
+    # Previews (the first Grad-CAM overlay, the partial maps) travel as JPEG, the exact maps as PNG.
+    partial_pictures = [picture(u["map-scorecam"]) for u in updates[:-1] if picture(u["map-scorecam"])]
+    assert all(Path(p).suffix == ".jpg" for p in [picture(updates[0]["map-gradcam"]), *partial_pictures])
+    assert all(Path(picture(updates[-1][f"map-{n}"])).suffix == ".png" for n in ("gradcam", "scorecam", "combined"))
 
     model = MODELS.get(BUNDLED)
     exact = explain(model, str(upload))
@@ -80,6 +84,19 @@ def test_an_example_is_kept_once_explained_and_then_comes_without_score_cam(clie
     assert dict(zip(OUTPUTS, first, strict=True))["report"]["class_index"] == second["report"]["class_index"]
     expected = explain(model, str(example), theta=20)
     assert second["report"]["betas"] == pytest.approx(expected.report["betas"], abs=1e-5)
+
+
+def test_a_preview_is_a_jpeg_in_gradios_cache_one_file_per_picture() -> None:
+    from gradio.utils import get_upload_folder
+
+    from fusioncam.ui.previews import preview_file
+
+    drawn = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = Path(preview_file(drawn))
+    assert path.is_relative_to(Path(get_upload_folder()).resolve()) and path.suffix == ".jpg"
+    assert preview_file(drawn.copy()) == str(path)          # content-addressed: the same picture, one file
+    with Image.open(path) as shown:
+        assert shown.format == "JPEG" and shown.size == (64, 48)
 
 
 def test_only_examples_under_default_settings_are_kept(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from .catalog import (
 from .examples import ExampleCache
 from .export import export_html, export_zip
 from .faithfulness import HEADERS
+from .previews import preview_file
 from .session import KEPT_SIDE, Generations, Request, Session, display_image, file_digest
 
 EXPLAIN_OUTPUTS = ("session", "summary", "top5", *(f"map-{name}" for name in MAP_NAMES), "weights", "hover",
@@ -71,7 +72,7 @@ PROGRESS = gr.Progress()   # Gradio finds the progress bar by this default value
 GENERATIONS = Generations()
 EXAMPLE_IMAGES = sorted(str(path) for path in (Path(__file__).resolve().parents[2] / "assets").glob("*.jpg"))
 EXAMPLES = ExampleCache(EXAMPLE_IMAGES, BUNDLED)
-WAIT_POLL_S = 0.25   # how often a waiting request's estimate is refreshed
+WAIT_POLL_S = 0.1    # how often a waiting request checks whether its turn is near (and refreshes its estimate)
 MAX_WAIT_NOTICE_S = 60.0   # … for at most this long; then the request queues for its turn silently
 _REQUESTS = itertools.count()   # numbers each request: its owner name for the scheduler
 LOG = logging.getLogger(__name__)
@@ -122,13 +123,14 @@ def _pictures(session: Session, names: Sequence[str] = MAP_NAMES) -> list[Any]:
     static = [name for name in names if name not in LIVE_MAPS]
     progress = session.report.get("progress")
     partial = progress is not None and not progress["final"]
-    # A partial picture is a preview, replaced within seconds: drawn (and PNG-encoded) at half the size.
+    # A partial picture is a preview, replaced within seconds: drawn at half the size, sent as JPEG.
     photo = display_image(session.display, PARTIAL_SIDE) if partial else session.display
-    drawn = dict(zip(static, figures.overlays(photo, session.maps, session.colormap, session.opacity,
-                                              tuple(static)), strict=True))
+    drawn: dict[str, Any] = dict(zip(static, figures.overlays(photo, session.maps, session.colormap,
+                                                              session.opacity, tuple(static)), strict=True))
     if partial:
         for name in set(REGION_CARDS) & set(drawn):
             drawn[name] = figures.captioned(drawn[name], text.progress_caption(progress))
+        drawn = {name: preview_file(picture) for name, picture in drawn.items()}
     payload = _live_payload(session) if set(names) & set(LIVE_MAPS) else None
     return [drawn.get(name, payload) for name in names]
 
@@ -235,8 +237,9 @@ def _compute_anew(key: str, owner: str, wanted: Request, picture: Image.Image, m
     preview = gradient_preview(evidence, params.theta, params.gradient_method)
     target_value = TOP_CLASS if target_index is None else str(target_index)
     blank = blank_payload(generation)     # empties the live cards; older payloads can no longer land
+    gradient_pictures = figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised"))
     yield (gr.skip(), text.progress_summary(evidence, model.class_names), text.top5_label(top5),
-           *figures.overlays(display, preview, colormap, opacity, ("gradcam", "denoised")),
+           *(preview_file(picture) for picture in gradient_pictures),   # the final PNGs replace them
            None, None, blank, blank, None, None, None,
            gr.update(choices=class_choices(model.class_names, top5), value=target_value),
            gr.update(choices=layer_choices(model), value=layer_name or DEFAULT_LAYER))
