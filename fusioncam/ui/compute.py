@@ -51,7 +51,10 @@ from .faithfulness import FaithfulnessView, score_explanation
 Derived = tuple[RegionEvidence, dict[str, np.ndarray], dict[str, Any]]
 MAX_STEPS = 224   # the most deletion/insertion steps the page offers (each step is 2 forwards a map)
 SCORE_CAM_PROGRESS = "Score-CAM: masking the image channel by channel…"
-ANYTIME_STOPS = (0.05, 0.25)   # a partial update is shown at these shares of the masked passes, however fast
+#: A partial update is shown at these shares of the masked passes, however fast. The first comes
+#: early: with 4 visitors sharing 2 cores a 5 % stop came 2.7 s after the click (benchmarks/load.py);
+#: 2 % comes about a second sooner, a coarser but labelled picture that the next updates refine.
+ANYTIME_STOPS = (0.02, 0.25)
 UPDATE_EVERY_S = 1.0           # and otherwise about this often
 #: The network's turns in this process. Two at a time: one turn's host work (building masks, reading
 #: scores) overlaps the other's forward (measured with benchmarks/load.py on 2 cores: 4 visitors at
