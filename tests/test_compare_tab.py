@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio")
 client_module = pytest.importorskip("gradio_client")
@@ -17,7 +19,7 @@ from test_browser import SLOW_MS, app_in_chromium  # noqa: E402
 
 from fusioncam.compare import RECORD_KEYS  # noqa: E402
 from fusioncam.models import BUNDLED  # noqa: E402
-from fusioncam.ui.catalog import MODELS, ModelCache  # noqa: E402
+from fusioncam.ui.catalog import DEFAULT_LAYER, MODELS, TOP_CLASS, ModelCache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = ROOT / "assets" / "cat.jpg"
@@ -103,6 +105,24 @@ def test_compare_defaults_to_the_top_two_classes_of_the_bundled_model(compared: 
     assert -1 <= record["spearman"] <= 1 and 0 <= record["iou_top20"] <= 1
     from fusioncam.ui.compute import SCHEDULER
     assert SCHEDULER.requests() == 0     # the finished comparison no longer counts as a request sharing the network
+
+
+@pytest.mark.slow
+def test_partial_updates_send_cheap_previews_and_the_exact_side_its_pngs_and_chart(tmp_path: Path) -> None:
+    from fusioncam.ui import compare_handlers as handlers
+
+    upload = tmp_path / "mirrored-cat.png"        # a fresh image: both sides compute Score-CAM now
+    Image.open(CAT).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(upload)
+    updates = [dict(zip(handlers.PAGE_OUTPUTS, values, strict=True)) for values in handlers.compare_page(
+        str(upload), BUNDLED, BUNDLED, TOP_CLASS, TOP_CLASS, DEFAULT_LAYER, DEFAULT_LAYER, 10, 1.0, "reference", None)]
+    sent = [(u["report-a"]["progress"]["final"], u) for u in updates if "progress" in (u["report-a"] or {})]
+    partial = [u for final, u in sent if not final]
+    assert partial, "side A sent no anytime update"
+    for update in partial:                         # a JPEG preview and the live card; nothing else redrawn
+        assert Path(update["scorecam-a"]).suffix == ".jpg"
+        assert all(update[f"{kind}-a"] == gr.skip() for kind in ("gradcam", "top5", "weights"))
+    final = next(u for done, u in sent if done)
+    assert isinstance(final["scorecam-a"], np.ndarray) and final["weights-a"] is not None
 
 
 @pytest.mark.slow

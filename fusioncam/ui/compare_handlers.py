@@ -44,6 +44,7 @@ from .catalog import (
     parse_target,
 )
 from .handlers import PROGRESS, session_key, user_errors
+from .previews import preview_file
 from .session import KEPT_SIDE, Generations, Request, Session, display_image, file_digest
 from .sharing import SHARED, Shared, share_link, sharing_enabled
 
@@ -124,17 +125,26 @@ def _side_started(name: str, evidence: GradientEvidence, model: LoadedModel, gen
     return {f"summary-{name}": text.compare_side_progress(name.upper(), evidence, model.class_names),
             f"top5-{name}": text.top5_label(evidence.top_predictions(model.class_names)),
             f"fusion-{name}": blank_payload(generation),
-            f"gradcam-{name}": figures.overlays(display, preview, COLORMAP, OPACITY, ("gradcam",))[0],
+            f"gradcam-{name}": preview_file(figures.overlays(display, preview, COLORMAP, OPACITY, ("gradcam",))[0]),
             f"scorecam-{name}": None, f"weights-{name}": None, f"report-{name}": None,
             f"class-{name}": _class_update(name, model, evidence.top_predictions(model.class_names), target),
             f"layer-{name}": gr.update(choices=layer_choices(model), value=layer or DEFAULT_LAYER)}
 
 
 def _side_finished(name: str, session: Session, model: LoadedModel, cards: bool = True) -> dict[str, Any]:
-    """Side ``name``'s outputs for an explained side (``cards``: also its live card and pictures)."""
+    """Side ``name``'s outputs for an explained side (``cards``: also its live card and pictures).
+    An anytime (partial) update sends only what changed and costs little: the Score-CAM picture as
+    a captioned JPEG preview and the live card's payload; the Grad-CAM picture, the top-5 and the
+    β/γ chart wait for the exact explanation."""
     outputs: dict[str, Any] = {f"summary-{name}": text.compare_side_summary(name.upper(), session.report),
-                               f"weights-{name}": figures.weights_figure(session.report),
                                f"report-{name}": session.report}
+    if not session.evidence.final:
+        [scorecam] = figures.overlays(session.display, session.maps, COLORMAP, OPACITY, ("scorecam",))
+        caption = text.progress_caption(session.report["progress"])
+        return outputs | {f"scorecam-{name}": preview_file(figures.captioned(scorecam, caption)),
+                          f"fusion-{name}": live_payload(session.explanation(model), session.generation,
+                                                         session.display, COLORMAP, OPACITY)}
+    outputs[f"weights-{name}"] = figures.weights_figure(session.report)
     if cards:
         gradcam, scorecam = figures.overlays(session.display, session.maps, COLORMAP, OPACITY, ("gradcam", "scorecam"))
         outputs |= {f"top5-{name}": text.top5_label(session.report["top5"]), f"gradcam-{name}": gradcam,
