@@ -138,19 +138,19 @@ def _side_finished(name: str, session: Session, model: LoadedModel, cards: bool 
     β/γ chart wait for the exact explanation."""
     outputs: dict[str, Any] = {f"summary-{name}": text.compare_side_summary(name.upper(), session.report),
                                f"report-{name}": session.report}
-    if not session.evidence.final:
+    partial = not session.evidence.final
+    if partial or cards:
+        outputs[f"fusion-{name}"] = live_payload(session.explanation(model), session.generation, session.display,
+                                                 COLORMAP, OPACITY)
+    if partial:
         [scorecam] = figures.overlays(session.display, session.maps, COLORMAP, OPACITY, ("scorecam",))
         caption = text.progress_caption(session.report["progress"])
-        return outputs | {f"scorecam-{name}": preview_file(figures.captioned(scorecam, caption)),
-                          f"fusion-{name}": live_payload(session.explanation(model), session.generation,
-                                                         session.display, COLORMAP, OPACITY)}
+        return outputs | {f"scorecam-{name}": preview_file(figures.captioned(scorecam, caption))}
     outputs[f"weights-{name}"] = figures.weights_figure(session.report)
     if cards:
         gradcam, scorecam = figures.overlays(session.display, session.maps, COLORMAP, OPACITY, ("gradcam", "scorecam"))
         outputs |= {f"top5-{name}": text.top5_label(session.report["top5"]), f"gradcam-{name}": gradcam,
-                    f"scorecam-{name}": scorecam,
-                    f"fusion-{name}": live_payload(session.explanation(model), session.generation, session.display,
-                                                   COLORMAP, OPACITY)}
+                    f"scorecam-{name}": scorecam}
     return outputs
 
 
